@@ -1,0 +1,82 @@
+"""Scores of a categorical code against labels, and the MI bound of a frozen model (thesis eq. 4.8)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .networks import QNetwork
+
+
+def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """counts[label, cluster]."""
+    counts = np.zeros((labels.max() + 1, clusters.max() + 1), dtype=np.int64)
+    np.add.at(counts, (labels, clusters), 1)
+    return counts
+
+
+def accuracy_hungarian(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Accuracy under the best one-to-one matching of clusters to labels."""
+    counts = contingency(labels, clusters)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return counts[rows, cols].sum() / len(labels)
+
+
+def accuracy_majority(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Purity: each cluster votes for its most frequent label (several clusters may pick the same label)."""
+    return contingency(labels, clusters).max(0).sum() / len(labels)
+
+
+def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Normalized mutual information, I(L; C) / ((H(L) + H(C)) / 2), as scikit-learn's default."""
+    joint = contingency(labels, clusters) / len(labels)
+    p_label, p_cluster = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mutual = (joint[nz] * np.log(joint[nz] / np.outer(p_label, p_cluster)[nz])).sum()
+    h = [-(p[p > 0] * np.log(p[p > 0])).sum() for p in (p_label, p_cluster)]
+    return float(mutual / np.mean(h)) if np.mean(h) > 0 else 1.0
+
+
+def cluster_scores(labels: torch.Tensor, clusters: torch.Tensor) -> dict[str, float]:
+    labels, clusters = labels.cpu().numpy(), clusters.cpu().numpy()
+    return {"accuracy_hungarian": float(accuracy_hungarian(labels, clusters)),
+            "accuracy_majority": float(accuracy_majority(labels, clusters)),
+            "nmi": nmi(labels, clusters)}
+
+
+# A draw returns one batch (x~, z^, c^) of samples from the joint whose MI is estimated.
+Draw = Callable[[], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+
+
+def fit_q(q: QNetwork, draw: Draw, steps: int, lr: float = 1e-3) -> None:
+    """Maximize E log Q(c^|x~) over Q's parameters on fresh draws."""
+    opt = torch.optim.Adam(q.parameters(), lr=lr)
+    q.train()
+    for _ in range(steps):
+        x, z_hat, c_hat = draw()
+        loss = -sum(q.log_prob(x, z_hat, c_hat).values()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def mi_bound(q: QNetwork, draw: Draw, entropies: dict[str, float], batches: int) -> dict[str, float]:
+    """The bound E log Q + H on `batches` held-out draws, per part and in total, with its Monte Carlo error.
+
+    Returns log_q_<part>, entropy_<part>, mi_lower_bound_<part>, mi_lower_bound and mi_standard_error (nats).
+    """
+    q.eval()
+    draws = [q.log_prob(*draw()) for _ in range(batches)]
+    out: dict[str, float] = {}
+    for part in draws[0]:
+        log_q = torch.cat([d[part] for d in draws])
+        out[f"log_q_{part}"] = log_q.mean().item()
+        out[f"entropy_{part}"] = float(entropies[part])
+        out[f"mi_lower_bound_{part}"] = out[f"log_q_{part}"] + out[f"entropy_{part}"]
+    total = torch.cat([sum(d.values()) for d in draws])
+    out["mi_lower_bound"] = total.mean().item() + sum(float(h) for h in entropies.values())
+    out["mi_standard_error"] = (total.std() / len(total) ** 0.5).item()
+    return out

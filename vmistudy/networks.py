@@ -1,0 +1,118 @@
+"""Encoder, decoder and Q networks on two backbones.
+
+`mlp`: two hidden layers (fast on CPU). `conv`: the reference code's architecture, two stride-2
+4x4 convolutions (64, 128 channels) with BatchNorm and LeakyReLU, then two linear layers of 512;
+the decoder mirrors it. The decoder returns logits; `mean_image` maps them to the decoder mean
+that Q reads (sigmoid for both likelihoods, whose means live in [0, 1]).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelSpec
+from .latents import DiagonalGaussian, GumbelSoftmax
+
+Shape = tuple[int, int, int]
+CONV_FEATURES = 512
+
+
+def encoder_body(backbone: str, shape: Shape, hidden: int) -> tuple[nn.Module, int]:
+    """Image [B, C, H, W] -> features [B, F]; returns the module and F."""
+    if backbone == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), hidden), nn.ReLU(),
+                             nn.Linear(hidden, hidden), nn.ReLU()), hidden
+    c, h, w = shape
+    return nn.Sequential(
+        nn.Conv2d(c, 64, 4, 2, 1), nn.LeakyReLU(0.1),
+        nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.1), nn.Flatten(),
+        nn.Linear(128 * (h // 4) * (w // 4), CONV_FEATURES), nn.BatchNorm1d(CONV_FEATURES), nn.LeakyReLU(0.1),
+        nn.Linear(CONV_FEATURES, CONV_FEATURES), nn.BatchNorm1d(CONV_FEATURES), nn.LeakyReLU(0.1),
+    ), CONV_FEATURES
+
+
+def decoder_net(backbone: str, latent: int, shape: Shape, hidden: int) -> nn.Module:
+    """Latent code [B, latent] -> pixel logits [B, C, H, W]."""
+    c, h, w = shape
+    if backbone == "mlp":
+        return nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                             nn.Linear(hidden, math.prod(shape)), nn.Unflatten(1, shape))
+    return nn.Sequential(
+        nn.Linear(latent, CONV_FEATURES), nn.BatchNorm1d(CONV_FEATURES), nn.ReLU(),
+        nn.Linear(CONV_FEATURES, 128 * (h // 4) * (w // 4)), nn.BatchNorm1d(128 * (h // 4) * (w // 4)), nn.ReLU(),
+        nn.Unflatten(1, (128, h // 4, w // 4)),
+        nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.ConvTranspose2d(64, c, 4, 2, 1),
+    )
+
+
+@dataclass
+class Posterior:
+    """q(z|x) and q(c|x); either may be absent."""
+    gaussian: DiagonalGaussian | None
+    categorical: GumbelSoftmax | None
+
+
+@dataclass
+class Forward:
+    """One VAE pass: the posterior, the sampled code (z, c~) and the decoder's logits."""
+    posterior: Posterior
+    z: torch.Tensor | None
+    c: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class VAE(nn.Module):
+    def __init__(self, spec: ModelSpec, shape: Shape):
+        super().__init__()
+        self.d, self.k = spec.gaussian_dims, spec.categories or 0
+        self.body, features = encoder_body(spec.backbone, shape, spec.hidden)
+        self.head = nn.Linear(features, 2 * self.d + self.k)
+        self.decoder = decoder_net(spec.backbone, self.d + self.k, shape, spec.hidden)
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        params = self.head(self.body(x))
+        gaussian, logits = params.split([2 * self.d, self.k], dim=-1)
+        return Posterior(DiagonalGaussian.from_params(gaussian) if self.d else None,
+                         GumbelSoftmax(logits) if self.k else None)
+
+    def decode(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(torch.cat([t for t in (z, c) if t is not None], dim=-1))
+
+    def forward(self, x: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> Forward:
+        posterior = self.encode(x)
+        z = posterior.gaussian.rsample(generator) if posterior.gaussian else None
+        c = posterior.categorical.rsample(temperature, generator) if posterior.categorical else None
+        return Forward(posterior, z, c, self.decode(z, c))
+
+
+def mean_image(logits: torch.Tensor) -> torch.Tensor:
+    """The decoder mean x~ that Q reads."""
+    return torch.sigmoid(logits)
+
+
+class QNetwork(nn.Module):
+    """Q(c^|x~): a diagonal Gaussian over the chosen Gaussian dims and/or logits over K categories."""
+
+    def __init__(self, backbone: str, shape: Shape, hidden: int, gaussian_targets: int, categories: int):
+        super().__init__()
+        self.g, self.k = gaussian_targets, categories
+        self.body, features = encoder_body(backbone, shape, hidden)
+        self.head = nn.Linear(features, 2 * self.g + self.k)
+
+    def log_prob(self, x: torch.Tensor, z_hat: torch.Tensor | None, c_hat: torch.Tensor | None
+                 ) -> dict[str, torch.Tensor]:
+        """log Q(c^|x~) per sample, one entry per target part ('gaussian', 'categorical').
+
+        A relaxed c~ on the simplex is scored as a soft one-hot: sum_k c~_k log Q(k|x~).
+        """
+        gaussian, logits = self.head(self.body(x)).split([2 * self.g, self.k], dim=-1)
+        parts = {}
+        if self.g:
+            parts["gaussian"] = DiagonalGaussian.from_params(gaussian).log_prob(z_hat).sum(-1)
+        if self.k:
+            parts["categorical"] = (c_hat * torch.log_softmax(logits, dim=-1)).sum(-1)
+        return parts

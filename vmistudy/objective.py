@@ -1,0 +1,89 @@
+"""The objective of thesis eq. 4.11/4.22: ELBO + lambda_mi * MI, all terms per sample in nats.
+
+ELBO (4.19) = E_q[log p(x|z,c)] - KL(q(z|x)||p(z)) - KL(q(c|x)||p(c)).
+MI   (4.9)  = E[log Q(c^|x~)] + H(c^), c^ the chosen code parts, x~ the decoder mean.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import MISpec, ModelSpec, TemperatureSpec
+from .latents import entropy, standard_normal_entropy
+from .networks import Forward
+
+
+def temperature(step: int, spec: TemperatureSpec) -> float:
+    """tau = max(min, start * exp(-rate * step)), recomputed every `spec.every` steps and held in between."""
+    held = step - step % spec.every
+    return max(spec.min, spec.start * math.exp(-spec.rate * held))
+
+
+def reconstruction_nll(logits: torch.Tensor, x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """-log p(x|z,c) summed over pixels, per sample."""
+    if spec.likelihood == "bernoulli":
+        nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    else:
+        std = spec.likelihood_std
+        nll = 0.5 * ((x - torch.sigmoid(logits)) / std) ** 2 + math.log(std) + 0.5 * math.log(2 * math.pi)
+    return nll.flatten(1).sum(1)
+
+
+@dataclass
+class ELBOTerms:
+    """Per-sample terms; elbo = -(recon + kl_continuous + kl_categorical)."""
+    recon: torch.Tensor
+    kl_per_dim: torch.Tensor | None
+    kl_categorical: torch.Tensor
+
+    @property
+    def kl_continuous(self) -> torch.Tensor:
+        return self.kl_per_dim.sum(-1) if self.kl_per_dim is not None else torch.zeros_like(self.recon)
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return -(self.recon + self.kl_continuous + self.kl_categorical)
+
+    def loss(self, beta: float) -> torch.Tensor:
+        """Negative beta-ELBO, batch mean; beta = 1 is the plain ELBO."""
+        return (self.recon + beta * (self.kl_continuous + self.kl_categorical)).mean()
+
+
+def elbo_terms(out: Forward, x: torch.Tensor, spec: ModelSpec) -> ELBOTerms:
+    gaussian, categorical = out.posterior.gaussian, out.posterior.categorical
+    recon = reconstruction_nll(out.logits, x, spec)
+    return ELBOTerms(recon,
+                     gaussian.kl_standard_normal() if gaussian else None,
+                     categorical.kl_uniform() if categorical else torch.zeros_like(recon))
+
+
+def mi_targets(out: Forward, spec: MISpec) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """c^: the chosen Gaussian dims of the sampled z, and/or the relaxed categorical sample c~."""
+    z_hat = out.z[:, spec.gaussian] if spec.gaussian else None
+    c_hat = out.c if spec.categorical else None
+    return z_hat, c_hat
+
+
+def target_entropy(spec: MISpec, categorical_probs: torch.Tensor | None) -> dict[str, torch.Tensor | float]:
+    """H(c^) per target part, nats; `categorical_probs` is q(c|x) [N, K] of the batch (or split) at hand.
+
+    Gaussian dims: the prior's |S|/2 log(2 pi e). Categorical: with `entropy: aggregate`, the entropy of
+    the aggregated posterior mean_x q(c|x), the marginal of c that the bound (4.3) asks for; its gradient
+    keeps all K categories in use. With `entropy: prior`, the thesis' constant log K, under which
+    maximizing E log Q alone is solved by collapsing c to one class.
+    """
+    parts: dict[str, torch.Tensor | float] = {}
+    if spec.gaussian:
+        parts["gaussian"] = standard_normal_entropy(len(spec.gaussian))
+    if spec.categorical:
+        parts["categorical"] = (entropy(categorical_probs.mean(0)) if spec.entropy == "aggregate"
+                                else math.log(categorical_probs.shape[-1]))
+    return parts
+
+
+def mi_lower_bound(log_q: dict[str, torch.Tensor], entropies: dict[str, torch.Tensor | float]) -> torch.Tensor:
+    """E log Q(c^|x~) + H(c^), summed over target parts: a batch scalar in nats."""
+    return sum(log_q[part].mean() + entropies[part] for part in log_q)

@@ -1,0 +1,203 @@
+"""One trial: Algorithm 1 of the thesis, epoch by epoch, with resumable state.
+
+Per minibatch, one VAE forward serves both steps (the VAE does not change between them):
+  1. Q step: maximize E log Q(c^|x~) over Q, on detached c^ and x~;
+  2. VAE step: minimize -(ELBO + lambda_mi * MI) over the encoder and decoder with Q held fixed;
+     the MI gradient reaches them through c^ and x~.
+Q is trained even at lambda_mi = 0, so every model carries an MI estimate.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import data as datasets
+from .config import StudySpec
+from .metrics import cluster_scores
+from .networks import VAE, QNetwork, mean_image
+from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
+
+EVAL_BATCH = 1000
+EVAL_SEED = 2024  # evaluation draws are the same at every epoch: a metric is a function of the weights
+
+
+class DivergenceError(RuntimeError):
+    """A loss term became NaN or infinite."""
+
+    def __init__(self, step: int, term: str):
+        super().__init__(f"training diverged at step {step}: {term} is not finite")
+        self.step, self.term = step, term
+
+
+def seeds(seed: int) -> dict[str, int]:
+    """Independent seeds for VAE init, Q init, data order and sampling, all derived from one."""
+    states = np.random.SeedSequence(seed).generate_state(4)
+    return dict(zip(("vae_init", "q_init", "data", "sampling"), map(int, states)))
+
+
+def build_vae(spec: StudySpec, shape) -> VAE:
+    """The VAE depends only on the model spec and the seed: same seed, same initial weights, whatever lambda."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds(spec.train.seed)["vae_init"])
+        return VAE(spec.model, shape)
+
+
+def build_q(spec: StudySpec, shape) -> QNetwork:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds(spec.train.seed)["q_init"])
+        return QNetwork(spec.model.backbone, shape, spec.model.hidden, len(spec.mi.gaussian),
+                        spec.model.categories if spec.mi.categorical else 0)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, spec: StudySpec, data: datasets.ImageData):
+        self.spec = spec
+        self.device = pick_device(spec.train.device)
+        if spec.train.threads:
+            torch.set_num_threads(spec.train.threads)
+        self.data = data.to(self.device)
+        shape = data.image_shape
+        self.memory_format = (torch.channels_last if spec.model.backbone == "conv" and spec.model.channels_last
+                              else torch.contiguous_format)
+        self.vae = build_vae(spec, shape).to(self.device, memory_format=self.memory_format)
+        self.q = build_q(spec, shape).to(self.device, memory_format=self.memory_format)
+        self.vae_parameters = list(self.vae.parameters())
+        self.vae_opt = torch.optim.Adam(self.vae_parameters, lr=spec.train.lr)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=spec.train.q_lr)
+        s = seeds(spec.train.seed)
+        self.data_rng = torch.Generator().manual_seed(s["data"])
+        self.sample_rng = torch.Generator(self.device).manual_seed(s["sampling"])
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        return datasets.as_float(images).contiguous(memory_format=self.memory_format)
+
+    @property
+    def temperature(self) -> float:
+        return temperature(self.step, self.spec.train.temperature)
+
+    def train_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1 on one minibatch; returns [VAE loss, MI bound] as a detached tensor."""
+        spec = self.spec
+        out = self.vae(x, self.temperature, self.sample_rng)
+        x_tilde = mean_image(out.logits)
+        z_hat, c_hat = mi_targets(out, spec.mi)
+        entropies = target_entropy(spec.mi, out.posterior.categorical.probs if out.posterior.categorical else None)
+
+        detached = [t.detach() if t is not None else None for t in (x_tilde, z_hat, c_hat)]
+        log_q = self.q.log_prob(*detached)
+        q_loss = -sum(log_q.values()).mean()
+        self.q_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_opt.step()
+
+        loss = elbo_terms(out, x, spec.model).loss(spec.train.beta)
+        if spec.mi.lambda_mi > 0:
+            loss = loss - spec.mi.lambda_mi * mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
+        self.vae_opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=self.vae_parameters)
+        self.vae_opt.step()
+        self.step += 1
+        with torch.no_grad():
+            return torch.stack([loss, mi_lower_bound(log_q, entropies)])
+
+    def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One pass over the training set, then the test-split metrics; returns and records them."""
+        self.vae.train()
+        self.q.train()
+        images = self.data.train_images
+        batches = list(datasets.batch_indices(len(images), self.spec.train.batch_size, self.data_rng))
+        totals = torch.zeros(2, device=self.device)
+        start = time.perf_counter()
+        for i, index in enumerate(batches):
+            x = self.images(images[index.to(self.device)])
+            values = self.train_step(x)
+            if not torch.isfinite(values).all():
+                raise DivergenceError(self.step, self._diverged_term(x))
+            totals += values * len(index)
+            if progress:
+                progress(i + 1, len(batches))
+        seconds = time.perf_counter() - start
+        self.epoch += 1
+        train_loss, train_mi = (totals / len(images)).tolist()
+        metrics = {"epoch": self.epoch, "step": self.step, "temperature": self.temperature,
+                   "train_loss": train_loss, "train_mi_lower_bound": train_mi,
+                   "images_per_second": len(images) / seconds, **self.evaluate()}
+        self.history.append(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _diverged_term(self, x: torch.Tensor) -> str:
+        """Name the first non-finite term of the step that just failed, recomputed on its batch."""
+        out = self.vae(x, self.temperature, torch.Generator(self.device).manual_seed(0))
+        terms = elbo_terms(out, x, self.spec.model)
+        z_hat, c_hat = mi_targets(out, self.spec.mi)
+        candidates = {"recon": terms.recon, "kl_continuous": terms.kl_continuous,
+                      "kl_categorical": terms.kl_categorical,
+                      **{f"log_q_{k}": v for k, v in self.q.log_prob(mean_image(out.logits), z_hat, c_hat).items()}}
+        return next((name for name, v in candidates.items() if not torch.isfinite(v).all()), "the loss")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Test-split metrics, per image, nats; accuracy/NMI of argmax q(c|x) against the labels."""
+        self.vae.eval()
+        self.q.eval()
+        rng = torch.Generator(self.device).manual_seed(EVAL_SEED)
+        sums: dict[str, torch.Tensor] = {}
+        probs, n = [], len(self.data.test_images)
+
+        def add(name: str, value: torch.Tensor) -> None:
+            sums[name] = sums.get(name, 0) + value.sum(0)
+
+        for images in self.data.test_images.split(EVAL_BATCH):
+            x = self.images(images)
+            out = self.vae(x, self.temperature, rng)
+            terms = elbo_terms(out, x, self.spec.model)
+            for name in ("recon", "kl_continuous", "kl_categorical", "elbo"):
+                add(name, getattr(terms, name))
+            if terms.kl_per_dim is not None:
+                add("kl_per_dim", terms.kl_per_dim)
+            for part, log_q in self.q.log_prob(mean_image(out.logits), *mi_targets(out, self.spec.mi)).items():
+                add(f"log_q_{part}", log_q)
+            if out.posterior.categorical:
+                probs.append(out.posterior.categorical.probs)
+        self.vae.train()
+        self.q.train()
+
+        means = {k: v / n for k, v in sums.items()}
+        metrics = {k: v.item() for k, v in means.items() if k != "kl_per_dim" and not k.startswith("log_q_")}
+        if "kl_per_dim" in means:
+            metrics.update({f"kl_z{i}": v for i, v in enumerate(means["kl_per_dim"].tolist())})
+        probs = torch.cat(probs) if probs else None
+        entropies = target_entropy(self.spec.mi, probs)
+        bounds = {f"mi_lower_bound_{p}": means[f"log_q_{p}"].item() + float(h) for p, h in entropies.items()}
+        metrics.update(bounds, mi_lower_bound=sum(bounds.values()))
+        if probs is not None:
+            metrics.update(cluster_scores(self.data.test_labels, probs.argmax(-1)))
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"spec": self.spec.model_dump(), "step": self.step, "epoch": self.epoch, "history": self.history,
+                "vae": self.vae.state_dict(), "q": self.q.state_dict(),
+                "vae_opt": self.vae_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
+                "data_rng": self.data_rng.get_state(), "sample_rng": self.sample_rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vae.load_state_dict(state["vae"])
+        self.q.load_state_dict(state["q"])
+        self.vae_opt.load_state_dict(state["vae_opt"])
+        self.q_opt.load_state_dict(state["q_opt"])
+        self.data_rng.set_state(state["data_rng"])
+        self.sample_rng.set_state(state["sample_rng"])
+        self.step, self.epoch, self.history = state["step"], state["epoch"], list(state["history"])
