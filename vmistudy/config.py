@@ -214,3 +214,18 @@ def _fields_at(loc: list[str]) -> list[str]:
         model = model.model_fields[part].annotation
     return list(model.model_fields)
 
+
+
+def flatten(spec: StudySpec) -> dict[str, Any]:
+    """`{'train.temperature.start': 1.0, ...}`: one entry per leaf field (the search space stays one entry)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and prefix != "search":
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            out[prefix] = value
+
+    walk("", spec.model_dump())
+    return out

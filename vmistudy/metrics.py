@@ -80,3 +80,9 @@ def mi_bound(q: QNetwork, draw: Draw, entropies: dict[str, float], batches: int)
     out["mi_lower_bound"] = total.mean().item() + sum(float(h) for h in entropies.values())
     out["mi_standard_error"] = (total.std() / len(total) ** 0.5).item()
     return out
+
+
+def one_hot_sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A hard draw c ~ Cat(probs) as a one-hot vector."""
+    index = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)

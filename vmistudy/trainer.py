@@ -8,7 +8,9 @@ Q is trained even at lambda_mi = 0, so every model carries an MI estimate.
 """
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -201,3 +203,14 @@ class Trainer:
         self.data_rng.set_state(state["data_rng"])
         self.sample_rng.set_state(state["sample_rng"])
         self.step, self.epoch, self.history = state["step"], state["epoch"], list(state["history"])
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
