@@ -139,6 +139,8 @@ class StudySpec(Section):
             raise ValueError("mi.categorical: the model has no categorical part (model.categories is null)")
         if not self.mi.gaussian and not self.mi.categorical:
             raise ValueError("mi: no MI target; set mi.categorical: true or list mi.gaussian dims")
+        if self.model.backbone == "conv" and self.data.name == "image_folder" and self.data.image_size % 4:
+            raise ValueError(f"data.image_size: the conv backbone needs a multiple of 4, got {self.data.image_size}")
         return self
 
 

@@ -1,0 +1,33 @@
+# make study : set up .venv if needed, then run the quick study
+# make test  : set up .venv if needed, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Data root: $VMISTUDY_DATA, else the shared datasets beside this checkout, else torchvision downloads.
+ifeq ($(VMISTUDY_DATA),)
+  ifneq ($(wildcard ../shared/datasets/MNIST/raw),)
+    export VMISTUDY_DATA := $(abspath ../shared/datasets)
+  else
+    DOWNLOAD := --set data.download=true
+  endif
+endif
+
+.PHONY: setup study test bench
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(STAMP)
+
+study: $(STAMP)
+	$(PY) -m vmistudy.train studies/train_quick.yaml $(DOWNLOAD) --out runs/train-quick-$$(date +%Y%m%d-%H%M%S)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.throughput
