@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m vmistudy.train studies/train_quick.yaml $(DOWNLOAD) --out runs/train-quick-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m vmistudy.run studies/quick.yaml $(DOWNLOAD) --set name=quick-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -107,9 +107,87 @@ class MISpec(Section):
                                  "(aggregate), or the constant log K of the thesis (prior, collapses)")
 
 
+class ParamSpec(Section):
+    """One searched field: exactly one of uniform / loguniform / int ([low, high]) or choice ([values])."""
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[StrictInt, StrictInt] | None = None
+    choice: list[Any] | None = None
+    when: dict[str, Any] | None = Field(None, description="sample only when earlier parameters have these values")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "int", "choice") if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        kinds = [k for k in ("uniform", "loguniform", "int", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of uniform, loguniform, int, choice (got {kinds or 'none'})")
+        bounds = getattr(self, kinds[0])
+        if kinds[0] == "choice" and not bounds:
+            raise ValueError("choice: needs at least one value")
+        if kinds[0] != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"{kinds[0]}: low must be < high (got {list(bounds)})")
+        if kinds[0] == "loguniform" and bounds[0] <= 0:
+            raise ValueError(f"loguniform: low must be > 0 (got {bounds[0]})")
+        return self
+
+
+class MISubset(Section):
+    """A named choice of MI targets, so that the search picks subsets by name."""
+    categorical: StrictBool = False
+    gaussian: list[StrictInt] = Field(default_factory=list)
+
+
+class SchedulerSpec(Section):
+    name: Literal["asha", "none"] = "asha"
+    grace_period: StrictInt = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+SUBSET_PATH = "mi.subset"  # the search-space key that picks one of search.subsets by name
+
+
+class SearchSpec(Section):
+    metric: str = "mi_lower_bound"
+    mode: Literal["max", "min"] = "max"
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    seed: StrictInt = Field(0, ge=0, description="seed of the sampler")
+    num_samples: StrictInt = Field(4, ge=1, description="configurations to try (grid: ignored, each point once)")
+    max_concurrent: StrictInt | None = Field(None, ge=1)
+    replicates: StrictInt = Field(1, ge=1, description="seeds per configuration: train.seed, +1, ...")
+    paired_baseline: StrictBool = Field(False, description="a lambda_mi = 0 twin of every trial, same seed")
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    subsets: dict[str, MISubset] = Field(default_factory=dict)
+    scheduler: SchedulerSpec = SchedulerSpec()
+    max_failures: StrictInt = Field(1, ge=0, description="retries of a failed trial, from its last checkpoint")
+    storage: str = Field("~/vmistudy-results", description="absolute path or URI (s3://, gs://) of Tune's storage")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.algorithm == "grid":
+            for path, param in self.space.items():
+                if param.kind != "choice" or param.when:
+                    raise ValueError(f"space.{path}: grid search takes unconditional choice lists only")
+        names = list(self.space)
+        for path, param in self.space.items():
+            for other in param.when or {}:
+                if other not in names[:names.index(path)]:
+                    raise ValueError(f"space.{path}.when: {other} must be a parameter listed before it")
+        if SUBSET_PATH in self.space:
+            unknown = set(self.space[SUBSET_PATH].choice or []) - set(self.subsets)
+            if self.space[SUBSET_PATH].kind != "choice" or unknown:
+                raise ValueError(f"space.{SUBSET_PATH}: must be a choice among search.subsets "
+                                 f"({', '.join(self.subsets) or 'none defined'})")
+        if not (self.storage.startswith("/") or self.storage.startswith("~") or "://" in self.storage):
+            raise ValueError(f"storage: must be an absolute path or a URI such as s3://bucket/dir (got {self.storage})")
+        return self
+
+
 class ResourcesSpec(Section):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial; torch uses this many threads")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; 0.25 lets four trials share one GPU")
 
 
 class TrackingSpec(Section):
@@ -118,17 +196,18 @@ class TrackingSpec(Section):
 
 
 class StudySpec(Section):
-    name: str = Field("study", min_length=1)
+    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+                      description="letters, digits, . _ - ; names the study's folder and experiment")
     data: DataSpec
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     mi: MISpec = MISpec()
-    search: dict[str, Any] | None = Field(None, description="the study service's search space")
+    search: SearchSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
 
     @model_validator(mode="after")
-    def _targets_in_latent(self) -> StudySpec:
+    def _consistent(self) -> StudySpec:
         d = self.model.gaussian_dims
         for i in self.mi.gaussian:
             if not 0 <= i < d:
@@ -139,6 +218,12 @@ class StudySpec(Section):
             raise ValueError("mi.categorical: the model has no categorical part (model.categories is null)")
         if not self.mi.gaussian and not self.mi.categorical:
             raise ValueError("mi: no MI target; set mi.categorical: true or list mi.gaussian dims")
+        for path in self.search.space if self.search else ():
+            if path != SUBSET_PATH and path not in flatten(self):
+                raise ValueError(f"search.space.{path}: not a field of the study (see the README's study file)")
+        if self.search and self.search.metric not in metric_names(self):
+            raise ValueError(f"search.metric: {self.search.metric} is not a per-epoch metric of this model; "
+                             f"allowed: {', '.join(sorted(metric_names(self)))}")
         if self.model.backbone == "conv" and self.data.name == "image_folder" and self.data.image_size % 4:
             raise ValueError(f"data.image_size: the conv backbone needs a multiple of 4, got {self.data.image_size}")
         return self
@@ -206,7 +291,11 @@ def describe(error: dict) -> str:
         return f"{path}: required"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("value_error", "assertion_error"):
-        return f"{path or 'study'}: {message}" if loc else message
+        # section validators name the field inside their section: "storage: ..." under "search"
+        field, sep, rest = message.partition(": ")
+        if loc and sep and field.replace(".", "").replace("_", "").isalnum():
+            return f"{path}.{field}: {rest}"
+        return f"{path}: {message}" if loc else message
     return f"{path}: {message} (got {error['input']!r})"
 
 
@@ -219,11 +308,11 @@ def _fields_at(loc: list[str]) -> list[str]:
 
 
 def flatten(spec: StudySpec) -> dict[str, Any]:
-    """`{'train.temperature.start': 1.0, ...}`: one entry per leaf field (the search space stays one entry)."""
+    """`{'train.temperature.start': 1.0, ...}`: one entry per leaf field (the search section stays one entry)."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and prefix != "search":
+        if isinstance(value, dict) and not prefix.startswith("search"):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, item)
         else:
@@ -231,3 +320,24 @@ def flatten(spec: StudySpec) -> dict[str, Any]:
 
     walk("", spec.model_dump())
     return out
+
+
+def metric_names(spec: StudySpec) -> set[str]:
+    """The per-epoch metrics a model of this spec reports (see the README's metrics table)."""
+    names = {"epoch", "step", "temperature", "train_loss", "train_mi_lower_bound", "images_per_second",
+             "recon", "kl_continuous", "kl_categorical", "elbo", "mi_lower_bound"}
+    names |= {f"kl_z{i}" for i in range(spec.model.gaussian_dims)}
+    if spec.model.categories:
+        names |= {"accuracy_hungarian", "accuracy_majority", "nmi"}
+    names |= {"mi_lower_bound_gaussian"} if spec.mi.gaussian else set()
+    names |= {"mi_lower_bound_categorical"} if spec.mi.categorical else set()
+    return names
+
+
+def first_change(saved: StudySpec, new: StudySpec, allowed: set[str] = frozenset()) -> str | None:
+    """The first field outside `allowed` whose value differs, as 'path is NEW here but OLD in the saved spec'."""
+    old = flatten(saved)
+    for key, value in flatten(new).items():
+        if key not in allowed and old.get(key) != value:
+            return f"{key} is {value!r} here but {old.get(key)!r} in the saved spec"
+    return None

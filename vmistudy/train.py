@@ -67,10 +67,10 @@ def resume_state(out: Path, spec: config.StudySpec) -> dict:
     if not (out / CHECKPOINT).exists():
         fail(f"--resume {out}: no {CHECKPOINT} there")
     state = load_checkpoint(out / CHECKPOINT)
-    saved = config.flatten(config.validate(state["spec"], source=str(out / CHECKPOINT)))
-    for key, value in config.flatten(spec).items():
-        if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != value:
-            fail(f"--resume {out}: {key} is {value!r} here but {saved.get(key)!r} in the checkpoint")
+    change = config.first_change(config.validate(state["spec"], source=str(out / CHECKPOINT)), spec,
+                                 MAY_CHANGE_ON_RESUME)
+    if change:
+        fail(f"--resume {out}: {change}")
     if spec.train.epochs < state["epoch"]:
         fail(f"train.epochs: {spec.train.epochs} is below the {state['epoch']} epochs the checkpoint has done")
     return state

@@ -1,0 +1,208 @@
+"""Ray Tune adapter: the study's search space, searcher, scheduler and trainable.
+
+Every algorithm runs through OptunaSearch with a define-by-run space (TPE, random or grid sampler),
+wrapped by `Replicates`, which turns each sampled configuration into `replicates` seeds and, with
+`paired_baseline`, a lambda_mi = 0 twin of each seed (same seed, so same initial weights). Twins are
+spared by ASHA and do not count toward the score the searcher sees.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.repeater import TRIAL_INDEX
+
+from . import data as datasets
+from .config import SUBSET_PATH, SearchSpec, StudySpec, validate
+from .trainer import Trainer, load_checkpoint, save_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class SearchSpace:
+    """Optuna define-by-run function; a parameter with `when` is sampled only if earlier ones match it."""
+
+    def __init__(self, search: SearchSpec):
+        self.params = search.space
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        chosen: dict[str, Any] = {}
+        for path, p in self.params.items():
+            if p.when and any(chosen.get(k) != v for k, v in p.when.items()):
+                continue
+            if p.kind == "choice":
+                chosen[path] = trial.suggest_categorical(path, p.choice)
+            elif p.kind == "int":
+                chosen[path] = trial.suggest_int(path, *p.int)
+            else:
+                chosen[path] = trial.suggest_float(path, *getattr(p, p.kind), log=p.kind == "loguniform")
+
+
+def trials_per_configuration(search: SearchSpec) -> int:
+    return search.replicates * (2 if search.paired_baseline else 1)
+
+
+def configurations(search: SearchSpec) -> int:
+    if search.algorithm == "grid":
+        return math.prod(len(p.choice) for p in search.space.values())
+    return search.num_samples
+
+
+class Replicates(Repeater):
+    """Ray's Repeater, except that lambda_mi = 0 twins are left out of the mean the searcher is told."""
+
+    def __init__(self, searcher, search: SearchSpec):
+        super().__init__(searcher, repeat=trials_per_configuration(search), set_index=True)
+        self.paired = search.paired_baseline
+        self.twins: set[str] = set()
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict) and self.paired and config[TRIAL_INDEX] % 2:
+            self.twins.add(trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs):
+        super().on_trial_complete(trial_id, None if trial_id in self.twins else result, **kwargs)
+
+
+def is_twin(config: dict, search: SearchSpec) -> bool:
+    return search.paired_baseline and config.get(TRIAL_INDEX, 0) % 2 == 1
+
+
+class SparingASHA(AsyncHyperBandScheduler):
+    """ASHA that lets lambda_mi = 0 twins run to the end, so every pair is complete."""
+
+    def __init__(self, search: SearchSpec, **kwargs):
+        super().__init__(**kwargs)
+        self.search = search
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if is_twin(trial.config, self.search):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if not is_twin(trial.config, self.search):
+            super().on_trial_complete(tune_controller, trial, result)
+
+
+def search_algorithm(spec: StudySpec) -> Replicates:
+    search = spec.search
+    sampler = {"optuna": lambda: optuna.samplers.TPESampler(seed=search.seed),
+               "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
+               "grid": lambda: optuna.samplers.GridSampler(
+                   {path: p.choice for path, p in search.space.items()}, seed=search.seed)}[search.algorithm]()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space=SearchSpace(search), metric=search.metric, mode=search.mode, sampler=sampler)
+    return Replicates(searcher, search)
+
+
+def scheduler(spec: StudySpec) -> TrialScheduler:
+    search = spec.search
+    if search.scheduler.name == "none":
+        return FIFOScheduler()
+    return SparingASHA(search, metric=search.metric, mode=search.mode, time_attr="epoch",
+                       max_t=spec.train.epochs, grace_period=search.scheduler.grace_period,
+                       reduction_factor=search.scheduler.reduction_factor)
+
+
+def trial_spec(study: StudySpec, config: dict) -> StudySpec:
+    """The study's spec with one trial's sampled values, seed offset and twin rule applied."""
+    raw = study.model_dump()
+    raw["search"] = None
+    for path, value in config.items():
+        if path == TRIAL_INDEX:
+            continue
+        if path == SUBSET_PATH:
+            raw["mi"].update(study.search.subsets[value].model_dump())
+            continue
+        *parents, leaf = path.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    index = config.get(TRIAL_INDEX, 0)
+    replicate = index // 2 if study.search.paired_baseline else index
+    raw["train"]["seed"] = study.train.seed + replicate
+    if is_twin(config, study.search):
+        raw["mi"]["lambda_mi"] = 0.0
+    return validate(raw, source="trial")
+
+
+def trainable(config: dict, study: dict) -> None:
+    """One Tune trial: resume from Tune's checkpoint if any, then report metrics and a checkpoint per epoch."""
+    spec = trial_spec(StudySpec.model_validate(study), config)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    trainer = Trainer(spec, datasets.load(spec.data))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(load_checkpoint(Path(folder) / CHECKPOINT))
+    node = ray.get_runtime_context().get_node_id()
+    while trainer.epoch < spec.train.epochs:
+        metrics = trainer.train_epoch()
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(trainer.state_dict(), Path(folder) / CHECKPOINT)
+            tune.report({**metrics, "seed": spec.train.seed, "lambda_mi": spec.mi.lambda_mi, "node_id": node},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def storage_path(spec: StudySpec) -> str:
+    """Tune needs an absolute path or a URI."""
+    storage = spec.search.storage
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def experiment_path(spec: StudySpec) -> str:
+    return f"{storage_path(spec).rstrip('/')}/{spec.name}"
+
+
+def short_name(trial) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def bound_trainable(spec: StudySpec):
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.with_resources(tune.with_parameters(trainable, study=spec.model_dump()), resources)
+
+
+def tuner(spec: StudySpec) -> tune.Tuner:
+    search = spec.search
+    return tune.Tuner(
+        bound_trainable(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=search_algorithm(spec), scheduler=scheduler(spec),
+            num_samples=configurations(search) * trials_per_configuration(search),
+            max_concurrent_trials=search.max_concurrent, reuse_actors=True,
+            trial_name_creator=short_name, trial_dirname_creator=short_name),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=storage_path(spec),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+    )
+
+
+def restore(spec: StudySpec) -> tune.Tuner:
+    """Continue a stopped study: searcher state, trial count, unfinished and errored trials from checkpoints."""
+    return tune.Tuner.restore(experiment_path(spec), bound_trainable(spec),
+                              resume_unfinished=True, resume_errored=True)
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS, which `ray job submit` sets), else start a local Ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
