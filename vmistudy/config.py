@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
@@ -257,18 +257,27 @@ def read_yaml(path: Path) -> dict:
 
 
 def apply_override(raw: dict, item: str) -> None:
-    """`train.epochs=3` sets raw['train']['epochs'] = 3; the value is read as YAML."""
+    """`train.epochs=3` sets raw['train']['epochs'] = 3; the value is read as YAML.
+
+    Keys that hold dots themselves (the search space's `mi.lambda_mi`) are matched whole where they exist.
+    """
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key.path=value")
-    *parents, leaf = key.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        node = node.setdefault(part, {})
+    parts, node, walked = key.split("."), raw, []
+    while True:
+        n = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in node), 1)
+        name, parts = ".".join(parts[:n]), parts[n:]
+        walked.append(name)
+        if not parts:
+            break
+        if node.get(name) is None:
+            node[name] = {}
+        node = node[name]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parents[:i + 1])} is not a section")
+            raise ConfigError(f"--set {key}: {'.'.join(walked)} is not a section")
     try:
-        node[leaf] = yaml.safe_load(text)
+        node[name] = yaml.safe_load(text)
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML") from None
 
@@ -300,11 +309,13 @@ def describe(error: dict) -> str:
 
 
 def _fields_at(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = StudySpec
+    """Field names of the section at `loc`, stepping through optional sections and dict values."""
+    node: Any = StudySpec
     for part in loc:
-        model = model.model_fields[part].annotation
-    return list(model.model_fields)
-
+        node = node.model_fields[part].annotation if part in getattr(node, "model_fields", {}) else node
+        while not (isinstance(node, type) and issubclass(node, BaseModel)):
+            node = [a for a in get_args(node) if a is not type(None)][-1]  # X of X | None, V of dict[K, V]
+    return list(node.model_fields)
 
 
 def flatten(spec: StudySpec) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""Running real studies from the tests: a local Ray on 127.0.0.1 with token authentication on.
+
+Every process a test starts gets its own session (process group); the test stops that group, and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import PYTHON, REPO
+
+TOKEN = secrets.token_hex(16)
+
+
+def ray_env() -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, OMP_NUM_THREADS="1",
+               RAY_DEDUP_LOGS="0", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def tiny_study(tmp_path: Path, name: str = "tiny", **overrides) -> Path:
+    """tests/studies/tiny.yaml with its storage under tmp_path and dotted-path overrides applied."""
+    raw = yaml.safe_load((REPO / "tests" / "studies" / "tiny.yaml").read_text())
+    raw["name"] = name
+    raw["search"]["storage"] = str(tmp_path / "results")
+    for path, value in overrides.items():
+        *parents, leaf = path.split("__")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """A command in its own session, output to `log`."""
+    return subprocess.Popen(args, cwd=REPO, env=ray_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run_study(study: Path, *args: str, log: Path, timeout: float = 400) -> tuple[int, str]:
+    proc = start([PYTHON, "-m", "vmistudy.run", str(study), *args], log)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        stop_group(proc.pid)
+    return code, log.read_text()
+
+
+def stop_group(pgid: int) -> None:
+    """SIGTERM, then SIGKILL, the process group this test started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(2)
+
+
+def results(experiment: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, in order, from its result.json."""
+    out = {}
+    for path in sorted(experiment.glob("*/result.json")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[path.parent.name] = lines
+    return out
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the study ended (status {proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

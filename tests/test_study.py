@@ -1,0 +1,133 @@
+"""The study service on a real local Ray (127.0.0.1, token authentication on): search, ASHA, resume, failures."""
+from __future__ import annotations
+
+import os
+import sys
+import signal
+
+import optuna
+import pytest
+from ray.tune.search.repeater import TRIAL_INDEX
+
+from conftest import make_spec, run_cli
+from ray_support import results, run_study, start, stop_group, tiny_study, wait_for
+from vmistudy import study
+from vmistudy.config import SUBSET_PATH
+
+SEARCH = {"metric": "accuracy_hungarian", "replicates": 2, "paired_baseline": True,
+          "subsets": {"cat": {"categorical": True}, "cat+z01": {"categorical": True, "gaussian": [0, 1]}},
+          "space": {SUBSET_PATH: {"choice": ["cat", "cat+z01"]},
+                    "mi.lambda_mi": {"loguniform": [1.0, 10.0]},
+                    "train.temperature.min": {"uniform": [0.2, 0.5], "when": {SUBSET_PATH: "cat+z01"}}}}
+
+
+def test_trial_spec_applies_samples_seeds_and_twins():
+    spec = make_spec(search=SEARCH, train={"seed": 7})
+    config = {SUBSET_PATH: "cat+z01", "mi.lambda_mi": 3.0, "train.temperature.min": 0.3}
+    trials = [study.trial_spec(spec, {**config, TRIAL_INDEX: i}) for i in range(4)]
+    assert [t.train.seed for t in trials] == [7, 7, 8, 8]
+    assert [t.mi.lambda_mi for t in trials] == [3.0, 0.0, 3.0, 0.0]  # odd indices are the lambda = 0 twins
+    assert all(t.mi.gaussian == [0, 1] and t.mi.categorical and t.train.temperature.min == 0.3 for t in trials)
+    assert all(t.search is None for t in trials)
+    assert study.trials_per_configuration(spec.search) == 4
+
+
+def test_conditional_parameter_sampled_only_when_its_condition_holds():
+    space = study.SearchSpace(make_spec(search=SEARCH).search)
+    optuna_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"cat": 0, "cat+z01": 0}
+    for _ in range(30):
+        trial = optuna_study.ask()
+        space(trial)
+        subset = trial.params[SUBSET_PATH]
+        seen[subset] += 1
+        assert ("train.temperature.min" in trial.params) == (subset == "cat+z01")
+        assert 1.0 <= trial.params["mi.lambda_mi"] <= 10.0
+        optuna_study.tell(trial, 0.0)
+    assert min(seen.values()) > 0
+
+
+def test_grid_counts_every_point_once():
+    spec = make_spec(search={"algorithm": "grid", "space": {"mi.lambda_mi": {"choice": [0.0, 5.0]},
+                                                            "train.beta": {"choice": [1.0, 2.0, 4.0]}}})
+    assert study.configurations(spec.search) == 6
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("no search", ["--set", "search=null"], "search: required"),
+    ("resume nothing", ["--resume"], "--resume: no study named"),
+    ("bad space", ["--set", "search.space.mi.lambda_mi.uniform=[5,1]"], "search.space.mi.lambda_mi"),
+])
+def test_bad_study_input_exits_2_and_starts_nothing(tmp_path, case, args, message):
+    done = run_cli("run", tiny_study(tmp_path), *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+    assert not (tmp_path / "results" / "tiny").exists()
+
+
+def test_optuna_asha_study_completes_and_refuses_to_start_over(tmp_path):
+    code, log = run_study(tiny_study(tmp_path), log=tmp_path / "run.log")
+    assert code == 0, log[-3000:]
+    experiment = tmp_path / "results" / "tiny"
+    trials = results(experiment)
+    assert len(trials) == 4
+    for history in trials.values():
+        assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
+    assert "4 trials of study tiny" in log
+    assert list(experiment.glob("searcher-state-*.pkl")), "Optuna's state is saved for --resume"
+
+    again = run_cli("run", tiny_study(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
+    assert results(experiment) == trials, "a refused start changes nothing"
+
+
+def test_driver_sigkill_then_resume_finishes_every_trial_without_restarting(tmp_path):
+    spec = tiny_study(tmp_path, data__train_size=4096, train__epochs=5, search__scheduler__name="none")
+    experiment = tmp_path / "results" / "tiny"
+    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log")
+    try:
+        wait_for(lambda: any(len(h) >= 2 for h in results(experiment).values()), 300,
+                 "a trial with a checkpoint", driver)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone: Ray's own processes are left as a crash leaves them
+        driver.wait()
+    finally:
+        stop_group(driver.pid)
+    before = results(experiment)
+    assert sum(len(h) == 5 for h in before.values()) < 4, "the study was killed mid-way"
+
+    code, log = run_study(spec, "--resume", log=tmp_path / "resume.log")
+    assert code == 0, log[-3000:]
+    after = results(experiment)
+    assert len(after) == 4
+    for name, history in after.items():
+        epochs = [r["epoch"] for r in history]
+        assert epochs == [1, 2, 3, 4, 5], f"{name} repeated or skipped epochs: {epochs}"
+        assert history[:len(before.get(name, []))] == before.get(name, [])
+
+
+def test_worker_killed_mid_trial_continues_from_checkpoint(tmp_path):
+    spec = tiny_study(tmp_path, data__train_size=4096, train__epochs=6, search__num_samples=1,
+                      search__scheduler__name="none", search__max_failures=2)
+    experiment = tmp_path / "results" / "tiny"
+    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "run.log")
+    try:
+        wait_for(lambda: any(len(h) >= 2 for h in results(experiment).values()), 300, "two epochs", driver)
+        (history,) = results(experiment).values()
+        os.kill(history[-1]["pid"], signal.SIGKILL)  # the trial's worker, a child of this test's driver
+        assert driver.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        stop_group(driver.pid)
+    (history,) = results(experiment).values()
+    epochs = [r["epoch"] for r in history]
+    assert epochs[0] == 1 and epochs.count(1) == 1, f"restarted from scratch: {epochs}"
+    assert epochs[-1] == 6 and len({r["pid"] for r in history}) == 2, "a second worker finished the trial"
+
+
+def test_diverged_trial_errors_with_its_reason_and_the_study_goes_on(tmp_path):
+    spec = tiny_study(tmp_path, search__algorithm="grid", search__max_failures=0,
+                      search__space={"train.lr": {"choice": [1.0e-3, 1.0e+12]}})
+    code, log = run_study(spec, log=tmp_path / "run.log")
+    assert code == 1, log[-3000:]
+    trials = results(tmp_path / "results" / "tiny")
+    assert any(len(h) == 3 for h in trials.values()), "the healthy trial ran to the end"
+    assert "errored:" in log and "training diverged at step" in log
