@@ -1,0 +1,72 @@
+"""A real two-node Ray cluster on 127.0.0.1 (token authentication on) and a study sent with `ray job submit`."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO
+from ray_support import ray_env, results, stop_group, tiny_study
+
+RAY = str(Path(PYTHON).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_start(*args: str, log: Path) -> int:
+    """`ray start` in a session of its own; the daemons it leaves behind stay in that process group."""
+    proc = subprocess.Popen([RAY, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                             "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
+                            env=ray_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+    return proc.pid
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    gcs, dashboard = free_port(), free_port()
+    short = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))  # Ray's unix sockets need paths < 108 bytes
+    groups = []
+    try:
+        groups.append(ray_start("--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+                                "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
+                                "--temp-dir", str(short / "head"), log=tmp_path / "head.log"))
+        # a temp dir of its own: nodes sharing one would delete each other's unpacked working_dir
+        groups.append(ray_start("--address", f"127.0.0.1:{gcs}", "--temp-dir", str(short / "worker"),
+                                log=tmp_path / "worker.log"))
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        for pgid in groups:
+            stop_group(pgid)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_a_study_on_both_nodes(tmp_path, two_nodes):
+    # trials long enough (a few seconds each) for the second node's worker to start and take some
+    study = tiny_study(tmp_path, data__train_size=16384, search__scheduler__name="none")
+    submit = subprocess.run([RAY, "job", "submit", "--address", two_nodes, "--working-dir", str(REPO), "--",
+                             "python", "-m", "vmistudy.run", str(study)],
+                            cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600)
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    assert "succeeded" in submit.stdout + submit.stderr
+    trials = results(tmp_path / "results" / "tiny")
+    assert len(trials) == 4 and all(h[-1]["epoch"] == 3 for h in trials.values())
+    nodes = {r["node_id"] for history in trials.values() for r in history}
+    assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
+
+
+def test_job_submit_without_the_token_is_refused(tmp_path, two_nodes):
+    env = {k: v for k, v in ray_env().items() if k != "RAY_AUTH_TOKEN"}
+    env["RAY_AUTH_TOKEN"] = "0" * 32
+    submit = subprocess.run([RAY, "job", "list", "--address", two_nodes], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert submit.returncode != 0
+    assert "auth" in (submit.stdout + submit.stderr).lower()
