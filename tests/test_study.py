@@ -9,9 +9,9 @@ import optuna
 import pytest
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from conftest import make_spec, run_cli
+from conftest import REPO, make_spec, run_cli
 from ray_support import results, run_study, start, stop_group, tiny_study, wait_for
-from vmistudy import study
+from vmistudy import config, study
 from vmistudy.config import SUBSET_PATH
 
 SEARCH = {"metric": "accuracy_hungarian", "replicates": 2, "paired_baseline": True,
@@ -131,3 +131,11 @@ def test_diverged_trial_errors_with_its_reason_and_the_study_goes_on(tmp_path):
     trials = results(tmp_path / "results" / "tiny")
     assert any(len(h) == 3 for h in trials.values()), "the healthy trial ran to the end"
     assert "errored:" in log and "training diverged at step" in log
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_validates(path, mnist_root, fashion_root):
+    spec = config.load(path)
+    if spec.search:
+        assert study.configurations(spec.search) >= 1
+        assert spec.search.metric in config.metric_names(spec)
