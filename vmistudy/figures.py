@@ -1,0 +1,238 @@
+"""The thesis' figures of a trained VAE, written as PNG files.
+
+Each function writes one PNG and returns its path, so that a tracking adapter can log it as an
+artifact; `thesis_figures` makes every one that applies to a model. Codes are deterministic: the
+posterior mean of z and the argmax one-hot of c, decoded to the decoder mean sigmoid(logits).
+Every function runs the model in eval mode (BatchNorm on its running statistics, so a single image
+works) without autograd, and restores the modules' modes afterwards.
+Image grids are torchvision's make_grid (padding 2). Plots use matplotlib's Agg canvas, imported only
+when a plot is made and without pyplot, so no global backend or figure registry is touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from . import data as datasets
+from .config import StudySpec
+from .networks import VAE, mean_image
+
+STATS_BATCH = 1000  # images encoded at once for the histogram and the heatmap
+
+
+@contextlib.contextmanager
+def inference(vae: VAE):
+    """Eval mode and no autograd inside; each module's own train/eval flag restored after."""
+    modes = [(module, module.training) for module in vae.modules()]
+    vae.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _inferring(figure):
+    @functools.wraps(figure)
+    def wrapper(vae, *args, **kwargs):
+        with inference(vae):
+            return figure(vae, *args, **kwargs)
+    return wrapper
+
+
+def code(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The deterministic code of x: the posterior mean of z and the one-hot argmax of q(c|x)."""
+    posterior = vae.encode(x)
+    z = posterior.gaussian.mean if posterior.gaussian is not None else None
+    c = (F.one_hot(posterior.categorical.probs.argmax(-1), vae.k).to(x.dtype)
+         if posterior.categorical is not None else None)
+    return z, c
+
+
+@_inferring
+def traversal_pair(vae: VAE, x: torch.Tensor, dims: tuple[int, int], path, steps: int = 7,
+                   span: float = 3.0) -> Path:
+    """Fig. 4.3: z[dims[0]] down the rows, z[dims[1]] across the columns, over [-span, span]."""
+    first, second = dims
+    if not (0 <= first < vae.d and 0 <= second < vae.d and first != second):
+        raise ValueError(f"traversal_pair: dims must be two distinct Gaussian dims in 0..{vae.d - 1}, got {dims}")
+    z, c = code(vae, _one_image(vae, x))
+    values = torch.linspace(-span, span, steps, device=z.device)
+    z = z.repeat(steps * steps, 1)
+    z[:, first] = values.repeat_interleave(steps)  # make_grid fills row by row
+    z[:, second] = values.repeat(steps)
+    return _save_grid(_decode(vae, z, c), path, nrow=steps)
+
+
+@_inferring
+def traversal_rows(vae: VAE, x: torch.Tensor, path, steps: int = 11, span: float = 5.0) -> Path:
+    """Fig. 4.4 style: row i varies z[i] over [-span, span], the other dims stay at x's code."""
+    _need(vae.d, "traversal_rows", "Gaussian")
+    z, c = code(vae, _one_image(vae, x))
+    values = torch.linspace(-span, span, steps, device=z.device)
+    z = z.repeat(vae.d * steps, 1)
+    cells = torch.arange(vae.d * steps, device=z.device)
+    z[cells, cells // steps] = values.repeat(vae.d)
+    return _save_grid(_decode(vae, z, c), path, nrow=steps)
+
+
+@_inferring
+def categorical_swaps(vae: VAE, images: torch.Tensor, path) -> Path:
+    """Figs. 4.5/4.6: per image, the original, then its z decoded with each of the K categories."""
+    _need(vae.k, "categorical_swaps", "categorical")
+    x = _as_input(vae, images)
+    n, k = len(x), vae.k
+    z, _ = code(vae, x)
+    z = z.repeat_interleave(k, 0) if z is not None else None
+    swapped = _decode(vae, z, torch.eye(k, device=x.device).repeat(n, 1)).view(n, k, *x.shape[1:])
+    return _save_grid(torch.cat([x.unsqueeze(1), swapped], 1).flatten(0, 1), path, nrow=k + 1)
+
+
+@_inferring
+def probability_histogram(vae: VAE, images: torch.Tensor, path) -> Path:
+    """Fig. 4.7: all entries of q(c|x); a confident encoder piles them up at 0 and 1."""
+    _need(vae.k, "probability_histogram", "categorical")
+    probs = _probs(vae, images)
+    fig, ax = _figure((5, 3.5))
+    ax.hist(probs.flatten().cpu().numpy(), bins=20, range=(0, 1))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("q(c = k | x)")
+    ax.set_ylabel("count")
+    ax.set_title(f"{len(probs)} images x {vae.k} categories")
+    return _save_figure(fig, path)
+
+
+@_inferring
+def contingency_heatmap(vae: VAE, images: torch.Tensor, labels: torch.Tensor, path) -> Path:
+    """Figs. 4.10/4.11: counts of (true class, argmax category); a clean clustering is a permutation."""
+    _need(vae.k, "contingency_heatmap", "categorical")
+    predicted = _probs(vae, images).argmax(-1).cpu()
+    labels = labels.cpu().long()
+    classes = int(labels.max()) + 1
+    counts = torch.bincount(labels * vae.k + predicted, minlength=classes * vae.k).view(classes, vae.k)
+    fig, ax = _figure((0.5 * vae.k + 2.5, 0.45 * classes + 1.5))
+    heat = ax.imshow(counts.numpy(), cmap="Blues")
+    dark = counts.max().item() / 2  # white text on the dark cells
+    for row, cells in enumerate(counts.tolist()):
+        for col, count in enumerate(cells):
+            ax.text(col, row, count, ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
+    ax.set_xticks(range(vae.k))
+    ax.set_yticks(range(classes))
+    ax.set_xlabel("category (argmax q(c|x))")
+    ax.set_ylabel("true class")
+    fig.colorbar(heat, ax=ax, label="images")
+    return _save_figure(fig, path)
+
+
+@_inferring
+def reconstructions(vae: VAE, images: torch.Tensor, path) -> Path:
+    """Originals in the top row, their reconstructions from the deterministic code below."""
+    x = _as_input(vae, images)
+    return _save_grid(torch.cat([x, _decode(vae, *code(vae, x))]), path, nrow=len(x))
+
+
+@_inferring
+def prior_samples(vae: VAE, path, n: int = 64, generator: torch.Generator | None = None) -> Path:
+    """Decoded draws from the prior: z ~ N(0, I), c ~ Uniform(K) one-hot."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    device = _device(vae)
+    z = torch.randn(n, vae.d, generator=generator, device=where).to(device) if vae.d else None
+    c = (F.one_hot(torch.randint(vae.k, (n,), generator=generator, device=where), vae.k).float().to(device)
+         if vae.k else None)
+    return _save_grid(_decode(vae, z, c), path, nrow=math.ceil(math.sqrt(n)))
+
+
+def thesis_figures(vae: VAE, spec: StudySpec, data: datasets.ImageData, folder, *, n: int = 8
+                   ) -> dict[str, Path]:
+    """Every figure that applies to the model, as {name: folder/name.png}; deterministic for given weights.
+
+    Image grids show the first n test images (traversals the first one); the histogram and the heatmap
+    are statistics, so they cover the whole test split, as in the thesis.
+    """
+    folder = Path(folder)
+    first = data.test_images[:n]
+    figures = {}
+    with inference(vae):
+        figures["reconstructions"] = reconstructions(vae, first, folder / "reconstructions.png")
+        figures["prior_samples"] = prior_samples(vae, folder / "prior_samples.png",
+                                                 generator=torch.Generator().manual_seed(0))
+        if vae.d >= 1:
+            figures["traversal_rows"] = traversal_rows(vae, first[:1], folder / "traversal_rows.png")
+        if vae.d >= 2:
+            # the MI-target dims are the ones the regularizer should have made interpretable
+            dims = tuple(spec.mi.gaussian[:2]) if len(spec.mi.gaussian) >= 2 else (0, 1)
+            figures["traversal_pair"] = traversal_pair(vae, first[:1], dims, folder / "traversal_pair.png")
+        if vae.k:
+            figures["categorical_swaps"] = categorical_swaps(vae, first, folder / "categorical_swaps.png")
+            figures["probability_histogram"] = probability_histogram(
+                vae, data.test_images, folder / "probability_histogram.png")
+            figures["contingency_heatmap"] = contingency_heatmap(
+                vae, data.test_images, data.test_labels, folder / "contingency_heatmap.png")
+    return figures
+
+
+def _need(size: int, figure: str, part: str) -> None:
+    if not size:
+        raise ValueError(f"{figure}: the model has no {part} latent part")
+
+
+def _device(vae: VAE) -> torch.device:
+    return next(vae.parameters()).device
+
+
+def _as_input(vae: VAE, images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 (as ImageData holds them) or float 0..1 images -> float on the model's device."""
+    images = images.to(_device(vae))
+    return datasets.as_float(images) if images.dtype == torch.uint8 else images.float()
+
+
+def _one_image(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4 or len(x) != 1:
+        raise ValueError(f"a traversal starts from one image [1, C, H, W], got shape {list(x.shape)}")
+    return _as_input(vae, x)
+
+
+def _decode(vae: VAE, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+    """The decoder mean; a single code c (or z) is broadcast to the batch of the other."""
+    n = max(len(t) for t in (z, c) if t is not None)
+    z, c = (t.expand(n, -1) if t is not None else None for t in (z, c))
+    return mean_image(vae.decode(z, c))
+
+
+def _probs(vae: VAE, images: torch.Tensor) -> torch.Tensor:
+    """q(c|x) [N, K], encoded in batches so that a whole test split fits in memory."""
+    return torch.cat([vae.encode(_as_input(vae, batch)).categorical.probs for batch in images.split(STATS_BATCH)])
+
+
+def _save_grid(images: torch.Tensor, path, nrow: int) -> Path:
+    path = _prepared(path)
+    save_image(images.float().cpu(), path, nrow=nrow)
+    return path
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save_figure(fig, path) -> Path:
+    path = _prepared(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _prepared(path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
