@@ -191,8 +191,12 @@ class ResourcesSpec(Section):
 
 
 class TrackingSpec(Section):
-    uri: str | None = None
-    experiment: str | None = None
+    enabled: StrictBool = True
+    uri: str | None = Field(None, description="MLflow tracking URI (http://host:port, sqlite:////abs/path.db); "
+                                             "default: sqlite under search.storage")
+    experiment: str | None = Field(None, description="MLflow experiment; default the study name")
+    figures_every: StrictInt = Field(5, ge=0, description="log the figures every N epochs (0: only at the end)")
+    log_model: StrictBool = Field(True, description="log the final model with mlflow.pytorch")
 
 
 class StudySpec(Section):
@@ -224,6 +228,9 @@ class StudySpec(Section):
         if self.search and self.search.metric not in metric_names(self):
             raise ValueError(f"search.metric: {self.search.metric} is not a per-epoch metric of this model; "
                              f"allowed: {', '.join(sorted(metric_names(self)))}")
+        if (self.search and "://" in self.search.storage and self.tracking.enabled and not self.tracking.uri):
+            raise ValueError("tracking.uri: required when search.storage is a URI (the default sqlite store "
+                             "lives beside local storage); give an MLflow server, e.g. http://mlflow:5000")
         if self.model.backbone == "conv" and self.data.name == "image_folder" and self.data.image_size % 4:
             raise ValueError(f"data.image_size: the conv backbone needs a multiple of 4, got {self.data.image_size}")
         return self

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
 from ray import tune
 
-from . import config, study
+from . import config, study, tracking
 from .cli import fail
 
 SPEC_FILE = "vmistudy-spec.json"
@@ -53,14 +54,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         check_unchanged(spec, path)
 
+    tracked = tracking.start_study(spec, Path(args.study), study.storage_path(spec)) if spec.tracking.enabled else None
     study.connect(args.address)
     if args.resume:
-        tuner = study.restore(spec)
+        tuner = study.restore(spec, tracked)
     else:
         write_spec(spec, path)
-        tuner = study.tuner(spec)
+        tuner = study.tuner(spec, tracked)
     results = tuner.fit()
-    sys.exit(summarize(results, spec, path))
+    status = summarize(results, spec, path)
+    if tracked:
+        best = [r.metrics[spec.search.metric] for r in results if r.metrics and spec.search.metric in r.metrics]
+        summary = {"trials": len(results), "errored_trials": len(results.errors)}
+        if best:
+            summary[f"best_{spec.search.metric}"] = (max if spec.search.mode == "max" else min)(best)
+        tracking.finish_study(tracked, summary, failed=status != 0)
+        print(f"mlflow:  mlflow ui --backend-store-uri {tracked.uri} --host 127.0.0.1 --port 5000"
+              f"  (experiment {tracking.experiment_name(spec)})")
+    sys.exit(status)
 
 
 def write_spec(spec: config.StudySpec, path: str) -> None:

@@ -23,7 +23,9 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from . import data as datasets
+from . import figures
 from .config import SUBSET_PATH, SearchSpec, StudySpec, validate
+from .tracking import RunStatus, StudyRun, TrialRun
 from .trainer import Trainer, load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
@@ -140,7 +142,7 @@ def trial_spec(study: StudySpec, config: dict) -> StudySpec:
     return validate(raw, source="trial")
 
 
-def trainable(config: dict, study: dict) -> None:
+def trainable(config: dict, study: dict, tracking: StudyRun | None) -> None:
     """One Tune trial: resume from Tune's checkpoint if any, then report metrics and a checkpoint per epoch."""
     spec = trial_spec(StudySpec.model_validate(study), config)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
@@ -150,12 +152,32 @@ def trainable(config: dict, study: dict) -> None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder) / CHECKPOINT))
     node = ray.get_runtime_context().get_node_id()
+    context = tune.get_context()
+    run = TrialRun(tracking, context.get_trial_id(), context.get_trial_name(), spec, node) if tracking else None
     while trainer.epoch < spec.train.epochs:
         metrics = trainer.train_epoch()
+        if run:
+            record(run, trainer, metrics)
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(trainer.state_dict(), Path(folder) / CHECKPOINT)
             tune.report({**metrics, "seed": spec.train.seed, "lambda_mi": spec.mi.lambda_mi, "node_id": node},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def record(run: TrialRun, trainer: Trainer, metrics: dict) -> None:
+    """Log an epoch to MLflow; figures every N epochs; at the last epoch the final figures and the model.
+
+    All of it before `tune.report`: a scheduler may stop the trial inside that call, the last one included.
+    """
+    run.log_epoch(metrics)
+    tracking, epoch = trainer.spec.tracking, trainer.epoch
+    final = epoch == trainer.spec.train.epochs
+    if final or (tracking.figures_every and epoch % tracking.figures_every == 0):
+        with tempfile.TemporaryDirectory() as folder:
+            paths = figures.thesis_figures(trainer.vae, trainer.spec, trainer.data, Path(folder))
+            run.log_figures(paths, "figures/final" if final else f"figures/epoch_{epoch:03d}")
+    if final and tracking.log_model:
+        run.log_model(trainer.vae)
 
 
 def storage_path(spec: StudySpec) -> str:
@@ -172,15 +194,16 @@ def short_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def bound_trainable(spec: StudySpec):
+def bound_trainable(spec: StudySpec, tracking: StudyRun | None):
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(trainable, study=spec.model_dump()), resources)
+    return tune.with_resources(tune.with_parameters(trainable, study=spec.model_dump(), tracking=tracking),
+                               resources)
 
 
-def tuner(spec: StudySpec) -> tune.Tuner:
+def tuner(spec: StudySpec, tracking: StudyRun | None) -> tune.Tuner:
     search = spec.search
     return tune.Tuner(
-        bound_trainable(spec),
+        bound_trainable(spec, tracking),
         tune_config=tune.TuneConfig(
             search_alg=search_algorithm(spec), scheduler=scheduler(spec),
             num_samples=configurations(search) * trials_per_configuration(search),
@@ -189,13 +212,14 @@ def tuner(spec: StudySpec) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path(spec),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+            callbacks=[RunStatus(tracking)] if tracking else None),
     )
 
 
-def restore(spec: StudySpec) -> tune.Tuner:
+def restore(spec: StudySpec, tracking: StudyRun | None) -> tune.Tuner:
     """Continue a stopped study: searcher state, trial count, unfinished and errored trials from checkpoints."""
-    return tune.Tuner.restore(experiment_path(spec), bound_trainable(spec),
+    return tune.Tuner.restore(experiment_path(spec), bound_trainable(spec, tracking),
                               resume_unfinished=True, resume_errored=True)
 
 

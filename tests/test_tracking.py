@@ -1,0 +1,153 @@
+"""MLflow tracking of real studies: the embedded sqlite store, and a real `mlflow server` on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from conftest import PYTHON
+from ray_support import results, run_study, start, stop_group, tiny_study
+from vmistudy.tracking import ROLE_TAG, TRIAL_TAG
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def child_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE_TAG) != "study"]
+
+
+def assert_runs_match_trials(client: MlflowClient, experiment: Path, name: str) -> None:
+    """One run per trial, each metric at each reported epoch exactly once, every run ended."""
+    trials = results(experiment)
+    runs = {r.data.tags[TRIAL_TAG]: r for r in child_runs(client, name)}
+    assert len(runs) == len(trials)
+    for history in trials.values():
+        run = runs[history[0]["trial_id"]]
+        assert run.info.status == "FINISHED", run.info.status
+        epochs = [r["epoch"] for r in history]
+        for key in ("mi_lower_bound", "accuracy_hungarian", "elbo", "kl_categorical", "temperature"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == epochs, f"{key}: steps {sorted(steps)} for epochs {epochs}"
+        assert run.data.params["mi.lambda_mi"] == str(history[-1]["lambda_mi"])
+
+
+def test_embedded_store_records_every_trial_epoch_and_figure(tmp_path):
+    study = tiny_study(tmp_path, tracking={"figures_every": 2, "log_model": True})
+    code, log = run_study(study, log=tmp_path / "run.log")
+    assert code == 0, log[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
+    assert_runs_match_trials(client, tmp_path / "results" / "tiny", "tiny")
+
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.artifact_location.endswith(f"{tmp_path}/results/mlartifacts/tiny")
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'study'")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 4
+    assert "search.space.mi.lambda_mi" in parent.data.params
+    for run in child_runs(client, "tiny"):
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        if run.data.metrics["epoch"] == 3:  # ran to the end: final figures and the model
+            folder = Path(client.download_artifacts(run.info.run_id, "figures/final", str(tmp_path / run.info.run_id)))
+            pngs = sorted(folder.glob("*.png"))
+            assert {p.stem for p in pngs} >= {"categorical_swaps", "contingency_heatmap", "reconstructions"}
+            assert all(p.read_bytes()[:8] == PNG for p in pngs)
+
+
+def test_resumed_study_has_no_duplicate_runs_or_steps(tmp_path):
+    study = tiny_study(tmp_path, data__train_size=4096, train__epochs=5, search__scheduler__name="none",
+                       tracking={"figures_every": 0, "log_model": False})
+    experiment = tmp_path / "results" / "tiny"
+    driver = start([PYTHON, "-m", "vmistudy.run", str(study)], tmp_path / "first.log")
+    try:
+        deadline = time.time() + 300
+        while not any(len(h) >= 2 for h in results(experiment).values()):
+            assert time.time() < deadline and driver.poll() is None, "no trial reached epoch 2"
+            time.sleep(0.5)
+        driver.kill()
+        driver.wait()
+    finally:
+        stop_group(driver.pid)
+    code, log = run_study(study, "--resume", log=tmp_path / "resume.log")
+    assert code == 0, log[-3000:]
+    assert_runs_match_trials(MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db"), experiment, "tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rest(base: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_real_mlflow_server_receives_every_run_metric_and_image(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    mlflow_bin = str(Path(PYTHON).parent / "mlflow")
+    server = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                              stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
+                time.sleep(1)
+        study = tiny_study(tmp_path, tracking={"uri": base, "figures_every": 0, "log_model": False})
+        code, log = run_study(study, log=tmp_path / "run.log")
+        assert code == 0, log[-3000:]
+
+        experiment_id = rest(base, "experiments/get-by-name?experiment_name=tiny")["experiment"]["experiment_id"]
+        runs = rest(base, "runs/search", {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
+        trials = {h[0]["trial_id"]: h for h in results(tmp_path / "results" / "tiny").values()}
+        children = [r for r in runs if any(t["key"] == TRIAL_TAG for t in r["data"].get("tags", []))]
+        assert len(children) == len(trials) == 4
+        for run in children:
+            run_id = run["info"]["run_id"]
+            trial_id = next(t["value"] for t in run["data"]["tags"] if t["key"] == TRIAL_TAG)
+            history = rest(base, f"metrics/get-history?run_id={run_id}&metric_key=mi_lower_bound")["metrics"]
+            assert sorted(int(m["step"]) for m in history) == [r["epoch"] for r in trials[trial_id]]
+            assert run["info"]["status"] == "FINISHED"
+            if len(trials[trial_id]) == 3:
+                listed = rest(base, f"artifacts/list?run_id={run_id}&path=figures/final")
+                assert any(f["path"].endswith(".png") for f in listed.get("files", []))
+    finally:
+        stop_group(server.pid)  # the whole group: the server's workers too
+    assert server.poll() is not None
+
+
+def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
+    study = tiny_study(tmp_path, search__algorithm="grid", search__replicates=2, search__paired_baseline=True,
+                       search__space={"mi.lambda_mi": {"choice": [5.0]}}, search__scheduler__name="none",
+                       tracking={"figures_every": 0, "log_model": False})
+    code, log = run_study(study, log=tmp_path / "run.log")
+    assert code == 0, log[-3000:]
+    done = subprocess.run([PYTHON, "-m", "vmistudy.report", str(study), "--out", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## lambda_mi > 0 against its lambda_mi = 0 twin" in text
+    assert text.count("- lambda 5: accuracy_hungarian difference, mean +- 95% CI over seeds") == 1
+    assert "(n=2)" in text
+    for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png"):
+        assert (tmp_path / "report" / image).read_bytes()[:8] == PNG, image
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'study'")
+    assert "report/report.md" in {f.path for f in client.list_artifacts(parent.info.run_id, "report")}

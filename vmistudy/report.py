@@ -1,0 +1,207 @@
+"""Compare the trials of a study from its MLflow runs.
+
+    python -m vmistudy.report STUDY.yaml [--out DIR]
+
+Prints the best trials and writes DIR/report.md (default <storage>/<name>/report) with: the best trials;
+lambda_mi > 0 against its lambda_mi = 0 twin, per seed and as mean +- 95% CI over seeds; mi_lower_bound
+and kl_categorical over epochs overlaid (thesis figs. 4.8/4.9); one traversal row per lambda (fig. 4.4);
+each pair's final figures side by side. The report is also logged to the study's parent run.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from PIL import Image
+from scipy import stats
+
+from . import config, study, tracking
+from .cli import fail
+
+CURVES = ("mi_lower_bound", "kl_categorical")
+SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "nmi", "kl_categorical", "elbo")
+PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
+
+
+def trial_runs(run: tracking.StudyRun) -> pd.DataFrame:
+    mlflow.set_tracking_uri(run.uri)
+    runs = mlflow.search_runs([run.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{run.parent_run_id}'")
+    runs["lambda_mi"] = runs["params.mi.lambda_mi"].astype(float)
+    runs["seed"] = runs["params.train.seed"].astype(int)
+    return runs
+
+
+def configuration_columns(runs: pd.DataFrame) -> list[str]:
+    """Params that differ between runs, other than lambda and seed: what defines a sampled configuration."""
+    varying = [c for c in runs if c.startswith("params.") and runs[c].nunique(dropna=False) > 1]
+    return [c for c in varying if c not in ("params.mi.lambda_mi", "params.train.seed")]
+
+
+def pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Each lambda > 0 run beside its lambda = 0 twin (same configuration, same seed), with the differences."""
+    keys = configuration_columns(runs) + ["seed"]
+    base = runs[runs.lambda_mi == 0].set_index(keys)
+    rows = []
+    for _, run in runs[runs.lambda_mi > 0].iterrows():
+        key = tuple(run[k] for k in keys) if len(keys) > 1 else run[keys[0]]
+        if key not in base.index:
+            continue
+        twin = base.loc[[key]].iloc[0]
+        row = {"run": run["tags.mlflow.runName"], "twin": twin["tags.mlflow.runName"], "seed": run["seed"],
+               "lambda_mi": run["lambda_mi"], "run_id": run["run_id"], "twin_id": twin["run_id"]}
+        for m in metrics:
+            row[m], row[f"{m} (twin)"] = run[f"metrics.{m}"], twin[f"metrics.{m}"]
+            row[f"{m} diff"] = run[f"metrics.{m}"] - twin[f"metrics.{m}"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    cells = frame.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)).values.tolist()
+    return "\n".join(["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns),
+                      *("| " + " | ".join(row) + " |" for row in cells)])
+
+
+def mean_ci(values: pd.Series) -> str:
+    """mean +- half-width of the 95% t interval over seeds."""
+    values = values.dropna()
+    if len(values) < 2:
+        return f"{values.mean():.4f} (n={len(values)})"
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return f"{values.mean():.4f} +- {half:.4f} (n={len(values)})"
+
+
+def curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4))
+    drawn = False
+    for ax, key in zip(axes, CURVES):
+        for _, run in runs.iterrows():
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
+            if history:
+                drawn = True
+                ax.plot(*zip(*history), linestyle="--" if run["lambda_mi"] == 0 else "-",
+                        label=f"{run['tags.mlflow.runName']} (lambda {run['lambda_mi']:.3g})")
+        ax.set(xlabel="epoch", ylabel=f"{key} (nats, test split)", title=key)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def artifact(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path | None:
+    try:
+        return Path(client.download_artifacts(run_id, f"figures/final/{name}.png", str(folder / run_id)))
+    except Exception:  # noqa: BLE001 - a trial stopped early has no final figures
+        return None
+
+
+def side_by_side(images: list[Path], path: Path, vertical: bool = False) -> Path:
+    opened = [Image.open(p).convert("RGB") for p in images]
+    sizes = [im.size for im in opened]
+    width = max(w for w, _ in sizes) if vertical else sum(w for w, _ in sizes) + 8 * (len(sizes) - 1)
+    height = sum(h for _, h in sizes) + 8 * (len(sizes) - 1) if vertical else max(h for _, h in sizes)
+    canvas, offset = Image.new("RGB", (width, height), "white"), 0
+    for im in opened:
+        canvas.paste(im, (0, offset) if vertical else (offset, 0))
+        offset += (im.size[1] if vertical else im.size[0]) + 8
+    canvas.save(path)
+    return path
+
+
+def first_row(grid: Path, folder: Path) -> Path:
+    """The first row (Gaussian dim z0) of a traversal_rows grid; its rows are equal squares."""
+    image = Image.open(grid)
+    columns = 11  # figures.traversal_rows' default steps
+    cell = (image.size[0] - PAD) // columns
+    out = folder / f"row-{grid.parent.name}.png"
+    image.crop((0, 0, image.size[0], cell + PAD)).save(out)
+    return out
+
+
+def write(spec: config.StudySpec, run: tracking.StudyRun, out: Path) -> Path:
+    client = run.client
+    runs = trial_runs(run)
+    metric = spec.search.metric
+    shown = [m for m in dict.fromkeys([metric, *SHOWN]) if f"metrics.{m}" in runs]
+    table = runs[["tags.mlflow.runName", "status", "seed", "lambda_mi", *configuration_columns(runs),
+                  *[f"metrics.{m}" for m in shown]]]
+    table = table.rename(columns=lambda c: "trial" if c == "tags.mlflow.runName" else
+                         c.split(".", 1)[-1] if c.startswith(("metrics.", "params.")) else c)
+    table = table.sort_values(metric, ascending=spec.search.mode == "min")
+    print(table.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
+             "", "## Best trials", "", markdown(table.head(10)), ""]
+    paired = pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound") if f"metrics.{m}" in runs])
+    if len(paired):
+        lines += ["## lambda_mi > 0 against its lambda_mi = 0 twin (same seed, same initial weights)", "",
+                  markdown(paired.drop(columns=["run_id", "twin_id"])), ""]
+        for m in [c[:-5] for c in paired if c.endswith(" diff")]:
+            for lam, group in paired.groupby("lambda_mi"):
+                lines.append(f"- lambda {lam:.3g}: {m} difference, mean +- 95% CI over seeds: "
+                             f"{mean_ci(group[f'{m} diff'])}")
+        lines.append("")
+    with tempfile.TemporaryDirectory() as tmp:
+        downloads = Path(tmp)
+        if curves(client, runs, out / "curves.png"):
+            lines += ["## Curves (figs. 4.8/4.9)", "", "![curves](curves.png)", ""]
+        rows = [(lam, artifact(client, r["run_id"], "traversal_rows", downloads))
+                for lam, r in runs.sort_values("lambda_mi").groupby("lambda_mi").first().iterrows()]
+        rows = [first_row(p, downloads) for _, p in rows if p]
+        if rows:
+            side_by_side(rows, out / "lambda_rows.png", vertical=True)
+            lines += ["## z0 over [-5, 5], one row per lambda_mi, ascending (fig. 4.4)", "",
+                      "![lambda rows](lambda_rows.png)", ""]
+        for i, pair in paired.iterrows():
+            for name in ("categorical_swaps", "traversal_pair"):
+                found = [artifact(client, pair[k], name, downloads) for k in ("run_id", "twin_id")]
+                if all(found):
+                    image = side_by_side(found, out / f"pair-{i}-{name}.png")
+                    lines += [f"### {pair['run']} (lambda {pair['lambda_mi']:.3g}, left) and its twin "
+                              f"{pair['twin']} (right): {name}", "", f"![{name}]({image.name})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    client.log_artifacts(run.parent_run_id, str(out), "report")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vmistudy.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", help="the study file the study was run with")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, help="report folder (default <storage>/<name>/report)")
+    args = parser.parse_args(argv)
+    try:
+        spec = config.load(args.study, args.set)
+    except config.ConfigError as e:
+        fail(str(e))
+    if spec.search is None or not spec.tracking.enabled:
+        fail(f"{args.study}: not a tracked study (needs a search section and tracking.enabled)")
+    uri = tracking.tracking_uri(spec, study.storage_path(spec))
+    experiment = MlflowClient(uri).get_experiment_by_name(tracking.experiment_name(spec))
+    if experiment is None:
+        fail(f"name: no MLflow experiment {tracking.experiment_name(spec)} at {uri}; run the study first")
+    parents = MlflowClient(uri).search_runs([experiment.experiment_id], f"tags.`{tracking.ROLE_TAG}` = 'study'")
+    if not parents:
+        fail(f"name: the experiment {experiment.name} has no study run")
+    run = tracking.StudyRun(uri, experiment.experiment_id, parents[0].info.run_id)
+    out = args.out or Path(study.experiment_path(spec)) / "report"
+    print(f"report: {write(spec, run, out)}")
+
+
+if __name__ == "__main__":
+    main()
