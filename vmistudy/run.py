@@ -38,6 +38,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    spec = checked_study(args)
+    storage = study.storage_path(spec)
+    tracked = tracking.start_study(spec, Path(args.study), storage) if spec.tracking.enabled else None
+    study.connect(args.address)
+    if args.resume:
+        tuner = study.restore(spec, tracked)
+    else:
+        write_spec(spec, study.experiment_path(spec))
+        tuner = study.tuner(spec, tracked)
+    results = tuner.fit()
+    status = summarize(results, spec, args.study)
+    if tracked:
+        tracking.finish_study(tracked, summary_metrics(results, spec), failed=status != 0)
+        print(f"mlflow:  mlflow ui --backend-store-uri {tracked.uri} --host 127.0.0.1 --port 5000"
+              f"  (experiment {tracking.experiment_name(spec)})")
+    sys.exit(status)
+
+
+def checked_study(args: argparse.Namespace) -> config.StudySpec:
+    """The validated study; bad input, a missing study to resume or one that would be started over exit 2."""
     try:
         spec = config.load(args.study, args.set)
     except config.ConfigError as e:
@@ -53,25 +73,7 @@ def main(argv: list[str] | None = None) -> None:
              f"or start another with --set name=NEW")
     if args.resume:
         check_unchanged(spec, path)
-
-    tracked = tracking.start_study(spec, Path(args.study), study.storage_path(spec)) if spec.tracking.enabled else None
-    study.connect(args.address)
-    if args.resume:
-        tuner = study.restore(spec, tracked)
-    else:
-        write_spec(spec, path)
-        tuner = study.tuner(spec, tracked)
-    results = tuner.fit()
-    status = summarize(results, spec, path)
-    if tracked:
-        best = [r.metrics[spec.search.metric] for r in results if r.metrics and spec.search.metric in r.metrics]
-        summary = {"trials": len(results), "errored_trials": len(results.errors)}
-        if best:
-            summary[f"best_{spec.search.metric}"] = (max if spec.search.mode == "max" else min)(best)
-        tracking.finish_study(tracked, summary, failed=status != 0)
-        print(f"mlflow:  mlflow ui --backend-store-uri {tracked.uri} --host 127.0.0.1 --port 5000"
-              f"  (experiment {tracking.experiment_name(spec)})")
-    sys.exit(status)
+    return spec
 
 
 def write_spec(spec: config.StudySpec, path: str) -> None:
@@ -94,7 +96,7 @@ def check_unchanged(spec: config.StudySpec, path: str) -> None:
         fail(f"--resume: {change} of {spec.name}")
 
 
-def summarize(results: tune.ResultGrid, spec: config.StudySpec, path: str) -> int:
+def summarize(results: tune.ResultGrid, spec: config.StudySpec, study_file: str) -> int:
     """Print the best trials and the errored ones; return the exit status."""
     search = spec.search
     rows = []
@@ -113,8 +115,17 @@ def summarize(results: tune.ResultGrid, spec: config.StudySpec, path: str) -> in
         if result.error:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
-    print(f"\nresults: {path}\nresume:  python -m vmistudy.run STUDY.yaml --resume")
+    print(f"\nresults: {study.experiment_path(spec)}\nresume:  python -m vmistudy.run {study_file} --resume")
     return 1 if results.errors else 0
+
+
+def summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:
+    search = spec.search
+    values = [r.metrics[search.metric] for r in results if r.metrics and search.metric in r.metrics]
+    summary = {"trials": len(results), "errored_trials": len(results.errors)}
+    if values:
+        summary[f"best_{search.metric}"] = (max if search.mode == "max" else min)(values)
+    return summary
 
 
 if __name__ == "__main__":
