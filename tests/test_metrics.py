@@ -1,0 +1,113 @@
+"""Cluster scores of a categorical code against labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vmistudy.metrics import accuracy_hungarian, accuracy_majority, cluster_scores, contingency, nmi, one_hot_sample
+
+
+def _labels(rng, n=2000, k=10):
+    return rng.integers(0, k, n)
+
+
+def test_contingency_shape_and_counts():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    clusters = np.array([1, 1, 0, 3, 3, 1])
+    counts = contingency(labels, clusters)
+    assert counts.shape == (3, 4)
+    expected = np.zeros((3, 4), dtype=np.int64)
+    expected[0, 1], expected[1, 0], expected[2, 3], expected[2, 1] = 2, 1, 2, 1
+    assert np.array_equal(counts, expected)
+    assert counts.sum() == len(labels)
+    rng = np.random.default_rng(0)
+    labels, clusters = _labels(rng), rng.integers(0, 7, 2000)
+    counts = contingency(labels, clusters)
+    assert counts.shape == (10, 7)
+    for i, j in [(0, 0), (3, 6), (9, 2)]:
+        assert counts[i, j] == np.sum((labels == i) & (clusters == j))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_permuted_labelling_scores_one(seed):
+    rng = np.random.default_rng(seed)
+    labels = _labels(rng)
+    perm = rng.permutation(10)
+    clusters = perm[labels]
+    assert accuracy_hungarian(labels, clusters) == 1.0
+    assert accuracy_majority(labels, clusters) == 1.0
+    assert nmi(labels, clusters) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_partly_wrong_labelling_is_scored_exactly():
+    labels = np.repeat(np.arange(4), 25)
+    clusters = (labels + 1) % 4  # a permutation ...
+    clusters[:10] = 2  # ... with 10 of the 25 class-0 images moved from cluster 1 to cluster 2
+    assert accuracy_hungarian(labels, clusters) == pytest.approx(0.9)
+    assert accuracy_majority(labels, clusters) == pytest.approx(0.9)
+    # two clusters for one class: majority counts both, one-to-one matching only one
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    clusters = np.array([0, 0, 1, 1, 2, 2])
+    assert accuracy_majority(labels, clusters) == 1.0
+    assert accuracy_hungarian(labels, clusters) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_labelling_is_near_chance(seed):
+    rng = np.random.default_rng(seed)
+    labels, clusters = _labels(rng, n=20_000), _labels(rng, n=20_000)
+    acc = accuracy_hungarian(labels, clusters)
+    assert 0.1 <= acc < 0.13  # chance is 0.1; the best matching of noise adds a little
+    assert nmi(labels, clusters) < 0.005
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_majority_is_at_least_hungarian(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, k, m = rng.integers(20, 500), rng.integers(2, 12), rng.integers(1, 15)
+    labels = rng.integers(0, k, n)
+    # clusters partly informative, partly noise, with any number of clusters
+    clusters = np.where(rng.random(n) < rng.random(), labels % m, rng.integers(0, m, n))
+    hung, major = accuracy_hungarian(labels, clusters), accuracy_majority(labels, clusters)
+    assert 0 < hung <= major + 1e-12 <= 1 + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_nmi_equals_sklearn(seed):
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(200 + seed)
+    n, k, m = rng.integers(10, 3000), rng.integers(2, 12), rng.integers(2, 15)
+    labels = rng.integers(0, k, n)
+    clusters = np.where(rng.random(n) < rng.random(), labels % m, rng.integers(0, m, n))
+    ours = nmi(labels, clusters)
+    ref = metrics.normalized_mutual_info_score(labels, clusters)
+    assert ours == pytest.approx(ref, abs=1e-10)
+
+
+def test_nmi_equals_sklearn_in_degenerate_cases():
+    metrics = pytest.importorskip("sklearn.metrics")
+    cases = [(np.array([0, 1, 2, 0, 1]), np.zeros(5, dtype=int)),  # one cluster
+             (np.array([3, 3, 3, 3]), np.array([0, 1, 0, 1]))]      # one label
+    for labels, clusters in cases:
+        assert nmi(labels, clusters) == pytest.approx(metrics.normalized_mutual_info_score(labels, clusters),
+                                                      abs=1e-12)
+
+
+def test_cluster_scores_from_tensors():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    clusters = torch.tensor([5, 5, 3, 3, 3, 0])
+    scores = cluster_scores(labels, clusters)
+    assert set(scores) == {"accuracy_hungarian", "accuracy_majority", "nmi"}
+    assert all(isinstance(v, float) for v in scores.values())
+    assert scores["accuracy_hungarian"] == pytest.approx(5 / 6)
+    assert scores["accuracy_majority"] == pytest.approx(5 / 6)
+    assert scores["nmi"] == pytest.approx(nmi(labels.numpy(), clusters.numpy()))
+
+
+def test_one_hot_sample_follows_probs():
+    probs = torch.tensor([0.1, 0.6, 0.3]).expand(30_000, 3)
+    s = one_hot_sample(probs, torch.Generator().manual_seed(0))
+    assert s.shape == (30_000, 3)
+    assert torch.all(s.sum(-1) == 1) and set(s.unique().tolist()) == {0.0, 1.0}
+    assert torch.allclose(s.mean(0), torch.tensor([0.1, 0.6, 0.3]), atol=0.01)

@@ -1,0 +1,319 @@
+"""The temperature schedule, the objective's terms, and one step of Algorithm 1 reproduced by hand."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Normal
+
+from conftest import make_spec
+from vmistudy import config
+from vmistudy import data as datasets
+from vmistudy.latents import entropy, standard_normal_entropy
+from vmistudy.networks import VAE, Forward, QNetwork, mean_image
+from vmistudy.objective import (elbo_terms, mi_lower_bound, mi_targets, reconstruction_nll, target_entropy,
+                                temperature)
+from vmistudy.trainer import Trainer, build_q, build_vae, seeds
+
+
+# ---------------------------------------------------------------------------------------------- temperature
+
+def tspec(**kw) -> config.TemperatureSpec:
+    return config.TemperatureSpec(**kw)
+
+
+def test_temperature_starts_at_start():
+    for start in (1.0, 2.5, 0.7):
+        assert temperature(0, tspec(start=start, min=0.1, rate=1e-2)) == start
+
+
+def test_temperature_decays_exponentially_every_step():
+    spec = tspec(start=2.0, min=0.3, rate=1e-3, every=1)
+    for step in (1, 7, 100, 999, 1500):
+        assert temperature(step, spec) == pytest.approx(max(0.3, 2.0 * math.exp(-1e-3 * step)), rel=1e-12)
+    values = [temperature(s, spec) for s in range(0, 1500, 50)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_temperature_is_held_between_updates():
+    spec = tspec(start=1.0, min=0.01, rate=1e-3, every=100)
+    at_100 = temperature(100, spec)
+    assert at_100 == pytest.approx(math.exp(-0.1), rel=1e-12)
+    for step in range(100, 200):
+        assert temperature(step, spec) == at_100
+    # the reference code's bug would keep tau at start until the schedule first "fires" mid-interval
+    assert temperature(150, spec) != spec.start
+    assert temperature(150, spec) < spec.start
+    for step in range(0, 100):
+        assert temperature(step, spec) == spec.start
+    assert temperature(200, spec) == pytest.approx(math.exp(-0.2), rel=1e-12)
+    assert temperature(200, spec) < temperature(199, spec)
+
+
+def test_temperature_floors_at_min():
+    spec = tspec(start=1.0, min=0.5, rate=1e-2, every=1)
+    floor_step = math.ceil(math.log(2) / 1e-2)  # start * exp(-rate * s) = min
+    assert temperature(floor_step - 5, spec) > 0.5
+    for step in (floor_step, floor_step + 1, 10_000, 10**7):
+        assert temperature(step, spec) == 0.5
+    assert temperature(10**6, tspec(start=1.0, min=1.0, rate=1.0)) == 1.0
+    assert temperature(10**6, tspec(start=3.0, min=0.2, rate=0.0)) == 3.0
+
+
+def test_trainer_temperature_follows_its_step():
+    spec = make_spec(train={"temperature": {"start": 1.0, "min": 0.2, "rate": 0.05, "every": 3}})
+    trainer = Trainer(spec, datasets.load(spec.data))
+    x = trainer.images(trainer.data.train_images[:32])
+    seen = []
+    for _ in range(7):
+        seen.append(trainer.temperature)
+        trainer.train_step(x)
+    assert trainer.step == 7
+    assert seen == [temperature(s, spec.train.temperature) for s in range(7)]
+    assert seen[0] == seen[1] == seen[2] == 1.0 and seen[3] < 1.0
+
+
+# ---------------------------------------------------------------------------------------------- ELBO terms
+
+def _forward(spec, n=16, seed=0):
+    shape = (1, 28, 28)
+    vae = build_vae(spec, shape)
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, *shape, generator=g) < 0.3).float()
+    return vae, x, vae(x, 0.8, g)
+
+
+def test_elbo_terms_match_direct_formulas_bernoulli():
+    spec = make_spec()
+    _, x, out = _forward(spec)
+    terms = elbo_terms(out, x, spec.model)
+    logits = out.logits.double()
+    p = torch.sigmoid(logits)
+    recon = -(x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
+    g = out.posterior.gaussian
+    kl_z = torch.distributions.kl_divergence(Normal(g.mean, (0.5 * g.log_var).exp()), Normal(0.0, 1.0))
+    probs = out.posterior.categorical.probs.double()
+    kl_c = (probs * (probs * spec.model.categories).log()).sum(-1)
+    assert torch.allclose(terms.recon.double(), recon, rtol=1e-4)
+    assert torch.allclose(terms.kl_per_dim, kl_z, atol=1e-5)
+    assert terms.kl_per_dim.shape == (16, spec.model.gaussian_dims)
+    assert torch.allclose(terms.kl_continuous, kl_z.sum(-1), atol=1e-5)
+    assert torch.allclose(terms.kl_categorical.double(), kl_c, atol=1e-5)
+    assert torch.allclose(terms.elbo.double(), -(recon + kl_z.sum(-1) + kl_c), rtol=1e-4)
+    for beta in (0.0, 1.0, 4.0):
+        expected = (recon + beta * (kl_z.sum(-1) + kl_c)).mean()
+        assert terms.loss(beta).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_gaussian_likelihood_is_normal_log_prob_of_the_sigmoid_mean():
+    spec = make_spec(model={"likelihood": "gaussian", "likelihood_std": 0.2})
+    g = torch.Generator().manual_seed(1)
+    logits, x = torch.randn(5, 1, 28, 28, generator=g), torch.rand(5, 1, 28, 28, generator=g)
+    ref = -Normal(torch.sigmoid(logits), 0.2).log_prob(x).sum((1, 2, 3))
+    assert torch.allclose(reconstruction_nll(logits, x, spec.model), ref, rtol=1e-5)
+
+
+def test_elbo_terms_without_gaussian_or_categorical_part():
+    spec = make_spec(model={"gaussian_dims": 0}, mi={"gaussian": []})
+    _, x, out = _forward(spec)
+    terms = elbo_terms(out, x, spec.model)
+    assert out.z is None and terms.kl_per_dim is None
+    assert torch.equal(terms.kl_continuous, torch.zeros(16))
+    spec = make_spec(model={"categories": None}, mi={"categorical": False})
+    _, x, out = _forward(spec)
+    terms = elbo_terms(out, x, spec.model)
+    assert out.c is None and torch.equal(terms.kl_categorical, torch.zeros(16))
+    assert torch.all(terms.kl_continuous > 0)
+
+
+# ------------------------------------------------------------------------------------------ MI targets, H(c^)
+
+def test_mi_targets_select_the_listed_gaussian_columns():
+    z = torch.arange(24.0).reshape(4, 6)
+    c = F.softmax(torch.randn(4, 3), -1)
+    out = Forward(posterior=None, z=z, c=c, logits=torch.zeros(4, 1, 2, 2))
+    z_hat, c_hat = mi_targets(out, config.MISpec(gaussian=[4, 1], categorical=True))
+    assert torch.equal(z_hat, z[:, [4, 1]])
+    assert torch.equal(z_hat[:, 0], torch.tensor([4.0, 10.0, 16.0, 22.0]))
+    assert c_hat is c
+    z_hat, c_hat = mi_targets(out, config.MISpec(gaussian=[2], categorical=False))
+    assert torch.equal(z_hat, z[:, [2]]) and c_hat is None
+    z_hat, c_hat = mi_targets(out, config.MISpec(gaussian=[], categorical=True))
+    assert z_hat is None and c_hat is c
+
+
+def test_target_entropy_prior_vs_aggregate():
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1]])
+    aggregate = target_entropy(config.MISpec(entropy="aggregate"), probs)["categorical"]
+    prior = target_entropy(config.MISpec(entropy="prior"), probs)["categorical"]
+    assert prior == pytest.approx(math.log(3))
+    marginal = probs.mean(0)
+    assert aggregate.item() == pytest.approx(-(marginal * marginal.log()).sum().item(), rel=1e-6)
+    assert aggregate.item() < prior - 0.05
+    # a batch whose marginal is uniform makes the two agree
+    balanced = torch.eye(3)
+    assert target_entropy(config.MISpec(entropy="aggregate"), balanced)["categorical"].item() == \
+        pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_target_entropy_of_gaussian_targets_is_the_prior_entropy():
+    parts = target_entropy(config.MISpec(gaussian=[0, 2, 5], categorical=False), None)
+    assert set(parts) == {"gaussian"}
+    assert parts["gaussian"] == pytest.approx(standard_normal_entropy(3))
+    both = target_entropy(config.MISpec(gaussian=[1], categorical=True), torch.full((2, 4), 0.25))
+    assert set(both) == {"gaussian", "categorical"}
+    assert both["gaussian"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e))
+
+
+def test_aggregate_entropy_carries_gradient_prior_does_not():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [1.0, 0.5, 0.0]], requires_grad=True)
+    h = target_entropy(config.MISpec(entropy="aggregate"), F.softmax(logits, -1))["categorical"]
+    (grad,) = torch.autograd.grad(h, logits)
+    assert grad.abs().sum() > 0
+    assert isinstance(target_entropy(config.MISpec(entropy="prior"), F.softmax(logits, -1))["categorical"], float)
+
+
+def test_mi_lower_bound_is_mean_log_q_plus_entropy_summed_over_parts():
+    log_q = {"gaussian": torch.tensor([-1.0, -3.0]), "categorical": torch.tensor([-0.5, -0.1])}
+    h = {"gaussian": 2.0, "categorical": torch.tensor(1.0)}
+    assert mi_lower_bound(log_q, h).item() == pytest.approx((-2.0 + 2.0) + (-0.3 + 1.0))
+    assert mi_lower_bound({"gaussian": log_q["gaussian"]}, h) == pytest.approx(0.0)
+
+
+def test_q_log_prob_scores_gaussian_and_soft_one_hot():
+    q = QNetwork("mlp", (1, 4, 4), 8, gaussian_targets=2, categories=3)
+    x = torch.rand(5, 1, 4, 4)
+    z_hat, c_hat = torch.randn(5, 2), F.softmax(torch.randn(5, 3), -1)
+    parts = q.log_prob(x, z_hat, c_hat)
+    gaussian, logits = q.head(q.body(x)).split([4, 3], dim=-1)
+    mean, log_var = gaussian.chunk(2, -1)
+    ref_g = Normal(mean, (0.5 * log_var).exp()).log_prob(z_hat).sum(-1)
+    ref_c = (c_hat * F.log_softmax(logits, -1)).sum(-1)
+    assert torch.allclose(parts["gaussian"], ref_g, atol=1e-5)
+    assert torch.allclose(parts["categorical"], ref_c, atol=1e-6)
+    # a hard one-hot is scored as log Q(k|x~)
+    k = torch.tensor([0, 2, 1, 1, 0])
+    hard = q.log_prob(x, z_hat, F.one_hot(k, 3).float())["categorical"]
+    assert torch.allclose(hard, F.log_softmax(logits, -1)[torch.arange(5), k], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- gradients of the MI term
+
+@pytest.mark.parametrize("mi", [{"gaussian": [0, 2], "categorical": True}, {"gaussian": [], "categorical": True},
+                                {"gaussian": [1], "categorical": False}])
+def test_mi_gradient_reaches_encoder_and_decoder_but_not_q(mi):
+    spec = make_spec(mi=mi)
+    vae, x, out = _forward(spec)
+    q = build_q(spec, (1, 28, 28))
+    z_hat, c_hat = mi_targets(out, spec.mi)
+    entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
+    bound = mi_lower_bound(q.log_prob(mean_image(out.logits), z_hat, c_hat), entropies)
+    groups = {"body": list(vae.body.parameters()), "head": list(vae.head.parameters()),
+              "decoder": list(vae.decoder.parameters())}
+    flat = [p for ps in groups.values() for p in ps]
+    grads = torch.autograd.grad(bound, flat, retain_graph=True, allow_unused=True)
+    i = 0
+    for name, ps in groups.items():
+        g = grads[i:i + len(ps)]
+        i += len(ps)
+        assert all(t is not None for t in g), name
+        assert sum(t.abs().sum().item() for t in g) > 0, f"no MI gradient reaches the {name}"
+    bound.backward(inputs=flat)
+    assert all(p.grad is None for p in q.parameters())
+    assert all(p.grad is not None for p in vae.parameters())
+
+
+# --------------------------------------------------------------------------------- Algorithm 1, one train_step
+
+def _trainer(**sections):
+    spec = make_spec(**sections)
+    return spec, Trainer(spec, datasets.load(spec.data))
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _hand_step(spec, vae, q, x, lambda_mi):
+    """Algorithm 1 reproduced from the public functions on copies: Q step on detached (x~, c^), then the VAE
+    step on -(ELBO + lambda * MI) with the updated Q. Returns (vae, q, q grads of the Q step)."""
+    vae, q = copy.deepcopy(vae), copy.deepcopy(q)
+    vae_opt = torch.optim.Adam(vae.parameters(), lr=spec.train.lr)
+    q_opt = torch.optim.Adam(q.parameters(), lr=spec.train.q_lr)
+    rng = torch.Generator().manual_seed(seeds(spec.train.seed)["sampling"])
+    out = vae(x, temperature(0, spec.train.temperature), rng)
+    x_tilde = mean_image(out.logits)
+    z_hat, c_hat = mi_targets(out, spec.mi)
+    entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
+
+    log_q = q.log_prob(x_tilde.detach(), *(t.detach() if t is not None else None for t in (z_hat, c_hat)))
+    (-sum(log_q.values()).mean()).backward()
+    q_grads = {n: p.grad.clone() for n, p in q.named_parameters()}
+    q_opt.step()
+
+    vae_params = list(vae.parameters())
+    assert all(p.grad is None for p in vae_params)  # the Q step leaves the VAE untouched
+    loss = elbo_terms(out, x, spec.model).loss(spec.train.beta)
+    if lambda_mi:
+        loss = loss - lambda_mi * mi_lower_bound(q.log_prob(x_tilde, z_hat, c_hat), entropies)
+    grads = torch.autograd.grad(loss, vae_params)
+    for p, g in zip(vae_params, grads):
+        p.grad = g
+    vae_opt.step()
+    return vae, q, q_grads
+
+
+@pytest.mark.parametrize("lambda_mi", [0.0, 3.0])
+def test_train_step_equals_algorithm_1_by_hand(lambda_mi):
+    spec, trainer = _trainer(mi={"lambda_mi": lambda_mi, "gaussian": [1, 3], "categorical": True})
+    x = trainer.images(trainer.data.train_images[:64])
+    vae0, q0 = _snapshot(trainer.vae), _snapshot(trainer.q)
+    ref_vae, ref_q, q_grads = _hand_step(spec, trainer.vae, trainer.q, x, lambda_mi)
+    values = trainer.train_step(x)
+    assert values.shape == (2,) and torch.isfinite(values).all()
+    assert trainer.step == 1
+
+    vae1, q1 = _snapshot(trainer.vae), _snapshot(trainer.q)
+    assert all(not torch.equal(vae0[k], vae1[k]) for k in vae0 if k.endswith("weight")), "VAE did not move"
+    assert all(not torch.equal(q0[k], q1[k]) for k in q0 if k.endswith("weight")), "Q did not move"
+    for k, v in ref_vae.state_dict().items():
+        assert torch.equal(v, vae1[k]), f"VAE parameter {k} differs from the hand-computed step"
+    for k, v in ref_q.state_dict().items():
+        assert torch.equal(v, q1[k]), f"Q parameter {k} differs from the hand-computed Q step"
+    # the VAE step's backward must not add the MI gradient into Q's grads
+    for name, p in trainer.q.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, q_grads[name]), name
+
+
+def test_lambda_changes_the_vae_update_but_not_the_q_update():
+    runs = {}
+    for lam in (0.0, 3.0):
+        _, trainer = _trainer(mi={"lambda_mi": lam})
+        trainer.train_step(trainer.images(trainer.data.train_images[:64]))
+        runs[lam] = (_snapshot(trainer.vae), _snapshot(trainer.q))
+    (vae_a, q_a), (vae_b, q_b) = runs[0.0], runs[3.0]
+    assert all(torch.equal(q_a[k], q_b[k]) for k in q_a), "the Q step must not depend on lambda"
+    differ = [k for k in vae_a if not torch.equal(vae_a[k], vae_b[k])]
+    for prefix in ("body.", "head.", "decoder."):
+        assert any(k.startswith(prefix) for k in differ), f"lambda_mi did not change the {prefix} update"
+
+
+def test_mi_regularizer_raises_the_bound_on_synthetic_data():
+    """Sign check end to end: from the same initial weights, lambda_mi = 5 ends with a clearly higher test MI bound
+    and finds the synthetic classes better than lambda_mi = 0 (a wrong-signed MI term would lower it)."""
+    seed, results = 1, {}
+    for lam in (0.0, 5.0):
+        _, trainer = _trainer(mi={"lambda_mi": lam, "gaussian": []}, train={"seed": seed, "epochs": 5},
+                              data={"train_size": 2000, "test_size": 200})
+        for _ in range(5):
+            metrics = trainer.train_epoch()
+        results[lam] = metrics
+    print(f"synthetic seed {seed}: mi_lower_bound {results[0.0]['mi_lower_bound']:.3f} (lambda 0) vs "
+          f"{results[5.0]['mi_lower_bound']:.3f} (lambda 5); accuracy {results[0.0]['accuracy_hungarian']:.3f} vs "
+          f"{results[5.0]['accuracy_hungarian']:.3f}")
+    assert results[5.0]["mi_lower_bound"] > results[0.0]["mi_lower_bound"] + 0.3
+    assert results[5.0]["mi_lower_bound"] <= math.log(4) + 0.05  # a lower bound on I <= H(c) = log 4
+    assert results[5.0]["accuracy_hungarian"] > results[0.0]["accuracy_hungarian"] + 0.1
