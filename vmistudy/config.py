@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
@@ -19,6 +20,14 @@ TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 class ConfigError(ValueError):
     """Bad study input; the message is one line meant for the user."""
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # no path separator, never "." or "..": safe as one folder name
+
+
+def has_credentials(uri: str) -> bool:
+    """`scheme://user:pass@host/...`: a secret that would end up in params, spec files and logs."""
+    return "://" in uri and "@" in urlsplit(uri).netloc
 
 
 class Section(BaseModel):
@@ -182,6 +191,9 @@ class SearchSpec(Section):
                                  f"({', '.join(self.subsets) or 'none defined'})")
         if not (self.storage.startswith("/") or self.storage.startswith("~") or "://" in self.storage):
             raise ValueError(f"storage: must be an absolute path or a URI such as s3://bucket/dir (got {self.storage})")
+        if has_credentials(self.storage):
+            raise ValueError("storage: remove the credentials from the URI; give them through the environment "
+                             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an instance profile or workload identity)")
         return self
 
 
@@ -194,13 +206,21 @@ class TrackingSpec(Section):
     enabled: StrictBool = True
     uri: str | None = Field(None, description="MLflow tracking URI (http://host:port, sqlite:////abs/path.db); "
                                              "default: sqlite under search.storage")
-    experiment: str | None = Field(None, description="MLflow experiment; default the study name")
+    experiment: str | None = Field(None, pattern=NAME_PATTERN, max_length=100,
+                                   description="MLflow experiment (names its artifact folder); default the study name")
     figures_every: StrictInt = Field(5, ge=0, description="log the figures every N epochs (0: only at the end)")
     log_model: StrictBool = Field(True, description="log the final model with mlflow.pytorch")
 
+    @model_validator(mode="after")
+    def _no_secrets(self) -> TrackingSpec:
+        if self.uri and has_credentials(self.uri):
+            raise ValueError("uri: remove the credentials from the URI; set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD in the environment instead (MLflow reads them)")
+        return self
+
 
 class StudySpec(Section):
-    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+    name: str = Field("study", pattern=NAME_PATTERN, max_length=100,
                       description="letters, digits, . _ - ; names the study's folder and experiment")
     data: DataSpec
     model: ModelSpec = ModelSpec()
