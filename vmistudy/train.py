@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     out = args.resume or args.out or Path("runs") / spec.name
     state = resume_state(out, spec) if args.resume else None
-    if state is None and (out / CHECKPOINT).exists():
-        fail(f"--out {out}: already holds a run; continue it with --resume {out} or choose another --out")
+    if state is None and out.exists() and any(out.iterdir()):
+        fail(f"--out {out}: is not empty; continue a run there with --resume {out} or choose another --out")
     try:
         images = data.load(spec.data)
     except (OSError, RuntimeError, ValueError) as e:
