@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, make_spec, raw_study, run_cli, write_study
+from conftest import PYTHON, REPO, make_spec, run_cli, write_study
 from ray_support import ray_env, start, stop_group, tiny_study, wait_for
 from vmistudy import config, study
 
@@ -71,16 +70,36 @@ def test_the_run_command_refuses_a_traversing_name_before_starting_anything(tmp_
 
 # --- secrets -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("uri", ["http://alice:s3cr3t-Pw@mlflow:5000", "https://token-ABC123@mlflow.example.com",
-                                 "postgresql://mlflow:s3cr3t-Pw@db:5432/mlflow"])
-def test_a_tracking_uri_with_credentials_is_refused_without_echoing_them(tmp_path, uri):
+URIS_WITH_CREDENTIALS = ["http://alice:s3cr3t-Pw@mlflow:5000", "https://token-ABC123@mlflow.example.com",
+                         "postgresql://mlflow:s3cr3t-Pw@db:5432/mlflow"]
+
+
+def tiny_raw(tmp_path: Path) -> dict:
     raw = yaml.safe_load((REPO / "tests" / "studies" / "tiny.yaml").read_text())
     raw["search"]["storage"] = str(tmp_path / "results")
-    for line in (refused(tmp_path, "run", {**raw, "tracking": {"uri": uri}}),
-                 refused(tmp_path, "run", raw, f"tracking.uri={uri}")):
-        assert line.startswith("error: ") and "tracking.uri: remove the credentials" in line
-        assert "MLFLOW_TRACKING_USERNAME" in line and "MLFLOW_TRACKING_PASSWORD" in line
-        assert "s3cr3t" not in line and "ABC123" not in line
+    return raw
+
+
+def assert_credentials_message(line: str) -> None:
+    assert "tracking.uri: remove the credentials" in line
+    assert "MLFLOW_TRACKING_USERNAME" in line and "MLFLOW_TRACKING_PASSWORD" in line
+    assert "s3cr3t" not in line and "ABC123" not in line
+
+
+@pytest.mark.parametrize("uri", URIS_WITH_CREDENTIALS)
+def test_a_tracking_uri_with_credentials_is_refused_without_echoing_them(tmp_path, uri):
+    path = write_study(tmp_path / "study.yaml", {**tiny_raw(tmp_path), "tracking": {"uri": uri}})
+    for args in ((path,), (write_study(tmp_path / "plain.yaml", tiny_raw(tmp_path)), [f"tracking.uri={uri}"])):
+        with pytest.raises(config.ConfigError) as error:
+            config.load(*args)
+        assert_credentials_message(str(error.value))
+
+
+def test_the_run_command_refuses_credentials_in_the_uri_with_one_line_and_exit_2(tmp_path):
+    uri = URIS_WITH_CREDENTIALS[0]
+    for line in (refused(tmp_path, "run", {**tiny_raw(tmp_path), "tracking": {"uri": uri}}),
+                 refused(tmp_path, "run", tiny_raw(tmp_path), f"tracking.uri={uri}")):
+        assert_credentials_message(line)
     assert not (tmp_path / "results").exists()
 
 
@@ -100,18 +119,34 @@ def test_plain_server_and_file_uris_are_accepted():
 
 # --- a study file cannot run code ------------------------------------------------------------------------
 
+PYTHON_TAGS = ["!!python/object/apply:os.system", "!!python/object/new:subprocess.Popen", "!!python/name:os.system",
+               "!!python/object/apply:builtins.exec"]
+
+
+@pytest.mark.parametrize("tag", PYTHON_TAGS)
+def test_a_python_tag_in_a_study_file_or_override_is_refused_and_nothing_runs(tmp_path, tag):
+    marker = tmp_path / "pwned"
+    payload = f'{tag} ["touch {marker}"]'
+    study = tmp_path / "study.yaml"
+    study.write_text(f"name: {payload}\ndata: {{name: synthetic}}\n")
+    with pytest.raises(config.ConfigError) as error:
+        config.load(study)
+    assert "YAML syntax error" in str(error.value) and tag.removeprefix("!!") in str(error.value)
+    with pytest.raises(config.ConfigError) as error:
+        config.load(write_study(tmp_path / "plain.yaml", {"data": {"name": "synthetic"}}), [f"name={payload}"])
+    assert "not valid YAML" in str(error.value)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("module", ["run", "train"])
-def test_a_python_tag_in_a_study_file_is_refused_and_nothing_runs(tmp_path, module):
+def test_the_commands_refuse_a_python_tag_with_exit_2_and_nothing_runs(tmp_path, module):
     marker = tmp_path / "pwned"
     payload = f'!!python/object/apply:os.system ["touch {marker}"]'
     text = (REPO / "tests" / "studies" / "tiny.yaml").read_text().replace("name: tiny", f"name: {payload}")
     line = refused(tmp_path, module, text=text)
     assert "YAML syntax error" in line and "python/object/apply:os.system" in line
-    line = refused(tmp_path, module, yaml.safe_load((REPO / "tests" / "studies" / "tiny.yaml").read_text()),
-                   f"name={payload}")
-    assert "not valid YAML" in line
-    for tag in ("!!python/object/new:subprocess.Popen", "!!python/name:os.system"):
-        refused(tmp_path, module, text=f"name: {tag} [touch {marker}]\ndata: {{name: synthetic}}\n")
+    if module == "run":
+        assert "not valid YAML" in refused(tmp_path, module, tiny_raw(tmp_path), f"name={payload}")
     time.sleep(1)
     assert not marker.exists()
 
