@@ -50,16 +50,16 @@ def two_nodes(tmp_path):
 
 
 def test_ray_job_submit_runs_a_study_on_both_nodes(tmp_path, two_nodes):
-    # trials long enough (a few seconds each) for the second node's worker to start and take some
-    study = tiny_study(tmp_path, data__train_size=16384, train__epochs=4, search__num_samples=6,
-                       search__scheduler__name="none", tracking={"enabled": False})
+    # each trial waits for its own worker (no actor reuse), so the two concurrent trials hold one node each
+    study = tiny_study(tmp_path, data__train_size=4096, search__reuse_actors=False, search__scheduler__name="none",
+                       tracking={"enabled": False})
     submit = subprocess.run([RAY, "job", "submit", "--address", two_nodes, "--working-dir", str(REPO), "--",
                              "python", "-m", "vmistudy.run", str(study)],
                             cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600)
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     assert "succeeded" in submit.stdout + submit.stderr
     trials = results(tmp_path / "results" / "tiny")
-    assert len(trials) == 6 and all(h[-1]["epoch"] == 4 for h in trials.values())
+    assert len(trials) == 4 and all(h[-1]["epoch"] == 3 for h in trials.values())
     nodes = {r["node_id"] for history in trials.values() for r in history}
     assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
 

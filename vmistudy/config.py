@@ -171,6 +171,8 @@ class SearchSpec(Section):
     subsets: dict[str, MISubset] = Field(default_factory=dict)
     scheduler: SchedulerSpec = SchedulerSpec()
     max_failures: StrictInt = Field(1, ge=0, description="retries of a failed trial, from its last checkpoint")
+    reuse_actors: StrictBool = Field(True, description="run the next trial in a finished trial's worker "
+                                                       "(saves seconds per trial; off: each trial waits for its own)")
     storage: str = Field("~/vmistudy-results", description="absolute path or URI (s3://, gs://) of Tune's storage")
 
     @model_validator(mode="after")

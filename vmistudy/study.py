@@ -207,7 +207,7 @@ def tuner(spec: StudySpec, tracking: StudyRun | None) -> tune.Tuner:
         tune_config=tune.TuneConfig(
             search_alg=search_algorithm(spec), scheduler=scheduler(spec),
             num_samples=configurations(search) * trials_per_configuration(search),
-            max_concurrent_trials=search.max_concurrent, reuse_actors=True,
+            max_concurrent_trials=search.max_concurrent, reuse_actors=search.reuse_actors,
             trial_name_creator=short_name, trial_dirname_creator=short_name),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path(spec),
