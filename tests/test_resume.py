@@ -157,8 +157,9 @@ def test_nan_weights_raise_divergence_error_at_the_first_step():
     assert trainer.history == []
 
 
-def test_nan_in_q_names_the_q_term_at_lambda_zero():
-    spec = make_spec(mi={"lambda_mi": 0.0, "gaussian": [0], "categorical": False})
+@pytest.mark.parametrize("lambda_mi", [0.0, 2.0])
+def test_nan_in_q_names_the_q_term(lambda_mi):
+    spec = make_spec(mi={"lambda_mi": lambda_mi, "gaussian": [0], "categorical": False})
     trainer = Trainer(spec, datasets.load(spec.data))
     with torch.no_grad():
         trainer.q.head.bias.fill_(float("nan"))
@@ -166,13 +167,3 @@ def test_nan_in_q_names_the_q_term_at_lambda_zero():
         trainer.train_epoch()
     assert info.value.step == 1 and info.value.term == "log_q_gaussian"
     assert str(info.value) == "training diverged at step 1: log_q_gaussian is not finite"
-
-
-def test_nan_in_q_names_the_q_term_at_positive_lambda():
-    spec = make_spec(mi={"lambda_mi": 2.0, "gaussian": [0], "categorical": False})
-    trainer = Trainer(spec, datasets.load(spec.data))
-    with torch.no_grad():
-        trainer.q.head.bias.fill_(float("nan"))
-    with pytest.raises(DivergenceError) as info:
-        trainer.train_epoch()
-    assert info.value.step == 1 and info.value.term == "log_q_gaussian"
