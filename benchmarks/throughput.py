@@ -1,0 +1,171 @@
+"""Training throughput: the project's loop against a reference-style baseline, images per second.
+
+One training step is Algorithm 1 on a batch of 128 MNIST images (Q step, then VAE step, lambda_mi > 0,
+Gaussian(16) + categorical(10) latent, MI target = the categorical code), on the CPU.
+
+  baseline-conv  the public reference code's loop design: torchvision MNIST with a per-sample ToTensor()
+                 behind a DataLoader(batch_size=128, shuffle=True); the Q step runs its own VAE forward
+                 and the VAE step a second one. Same VAE, Q and objective functions as the project
+                 (conv backbone, contiguous memory format), so the ratio isolates the loop design.
+  vmistudy-conv  `Trainer.train_step` on batches indexed from the in-memory uint8 tensors, as
+  vmistudy-mlp   `Trainer.train_epoch` draws them: one VAE forward per batch (channels_last for conv).
+
+The Trainer's Adam is torch's multi-tensor (foreach) one, bitwise the same updates as the default that
+the baseline keeps (as the reference code does); it counts in the ratio, as channels_last does.
+
+    python -m benchmarks.throughput [--data ROOT] [--seconds S] [--threads N]
+
+Timings vary by machine and load; nothing here is asserted by the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from typing import Iterator
+
+import torch
+
+from vmistudy import data as datasets
+from vmistudy.config import StudySpec
+from vmistudy.networks import mean_image
+from vmistudy.objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
+from vmistudy.trainer import Trainer, build_q, build_vae, seeds
+
+BATCH = 128
+TARGETS = {"vmistudy-conv": 2.0, "vmistudy-mlp": 10.0}  # minimum ratio to baseline-conv
+
+
+def study(root: str, backbone: str, threads: int) -> StudySpec:
+    return StudySpec.model_validate({
+        "data": {"name": "mnist", "root": root},
+        "model": {"backbone": backbone, "gaussian_dims": 16, "categories": 10},
+        "train": {"batch_size": BATCH, "device": "cpu", "threads": threads},
+        "mi": {"lambda_mi": 1.0, "categorical": True},
+    })
+
+
+def project_steps(spec: StudySpec, data: datasets.ImageData) -> Iterator[int]:
+    """The body of `Trainer.train_epoch`, epoch after epoch; yields the images of each step."""
+    trainer = Trainer(spec, data)
+    trainer.vae.train()
+    trainer.q.train()
+    images = trainer.data.train_images
+    totals = torch.zeros(2, device=trainer.device)
+    while True:
+        for index in datasets.batch_indices(len(images), spec.train.batch_size, trainer.data_rng):
+            x = trainer.images(images[index.to(trainer.device)])
+            totals += trainer.train_step(x) * len(index)
+            yield len(index)
+
+
+def baseline_steps(spec: StudySpec) -> Iterator[int]:
+    """The reference loop design: DataLoader of per-sample ToTensor(), two VAE forwards per batch."""
+    from torchvision import datasets as tv, transforms
+
+    dataset = tv.MNIST(str(spec.data.resolved_root()), train=True, download=False, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=spec.train.batch_size, shuffle=True)
+    shape = tuple(dataset[0][0].shape)
+    vae, q = build_vae(spec, shape), build_q(spec, shape)  # contiguous memory format, as the reference
+    vae_parameters = list(vae.parameters())
+    vae_opt = torch.optim.Adam(vae_parameters, lr=spec.train.lr)
+    q_opt = torch.optim.Adam(q.parameters(), lr=spec.train.q_lr)
+    rng = torch.Generator().manual_seed(seeds(spec.train.seed)["sampling"])
+    vae.train()
+    q.train()
+    step = 0
+    while True:
+        for x, _ in loader:
+            tau = temperature(step, spec.train.temperature)
+            # Q step on its own VAE forward, its outputs detached
+            out = vae(x, tau, rng)
+            targets = (mean_image(out.logits), *mi_targets(out, spec.mi))
+            detached = [t.detach() if t is not None else None for t in targets]
+            q_loss = -sum(q.log_prob(*detached).values()).mean()
+            q_opt.zero_grad(set_to_none=True)
+            q_loss.backward()
+            q_opt.step()
+            # VAE step on a second forward
+            out = vae(x, tau, rng)
+            entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
+            log_q = q.log_prob(mean_image(out.logits), *mi_targets(out, spec.mi))
+            loss = elbo_terms(out, x, spec.model).loss(spec.train.beta) - spec.mi.lambda_mi * mi_lower_bound(
+                log_q, entropies)
+            vae_opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=vae_parameters)
+            vae_opt.step()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"baseline diverged at step {step}")
+            step += 1
+            yield x.shape[0]
+
+
+def measure(runs: dict[str, Iterator[int]], seconds: float, warmup: float, rounds: int
+            ) -> dict[str, list[tuple[int, float]]]:
+    """(images, seconds) of each configuration in each round, after `warmup` seconds (at least 5 steps) each.
+
+    The configurations take turns, `seconds / rounds` at a time and in a rotating order, so that a
+    change in the machine's load while the benchmark runs falls on all of them alike.
+    """
+    for steps in runs.values():
+        start, n = time.perf_counter(), 0
+        while n < 5 or time.perf_counter() - start < warmup:
+            next(steps)
+            n += 1
+    names, share = list(runs), seconds / rounds
+    results: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            images, start = 0, time.perf_counter()
+            while time.perf_counter() - start < share:
+                images += next(runs[name])
+            results[name].append((images, time.perf_counter() - start))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None,
+                        help="folder holding MNIST/raw (default: $VMISTUDY_DATA, then the cache)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per configuration")
+    parser.add_argument("--warmup", type=float, default=3.0, help="untimed seconds per configuration first")
+    parser.add_argument("--rounds", type=int, default=None, help="turns per configuration (default: one per 2 s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for every configuration")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or max(1, round(args.seconds / 2))
+
+    torch.set_num_threads(args.threads)
+    specs = {b: study(args.data, b, args.threads) for b in ("conv", "mlp")}
+    data = datasets.load(specs["conv"].data)
+    load_before = os.getloadavg()[0]
+    print(f"command: {shlex.join([sys.executable, '-m', 'benchmarks.throughput', *sys.argv[1:]])}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, {args.warmup:g} s warm-up "
+          f"then {args.seconds:g} s timed per configuration in {rounds} interleaved rounds; "
+          f"load average {load_before:.2f}", flush=True)
+    results = measure({"baseline-conv": baseline_steps(specs["conv"]),
+                       "vmistudy-conv": project_steps(specs["conv"], data),
+                       "vmistudy-mlp": project_steps(specs["mlp"], data)}, args.seconds, args.warmup, rounds)
+
+    rate = {name: sum(i for i, _ in r) / sum(t for _, t in r) for name, r in results.items()}
+    base = rate["baseline-conv"]
+    print(f"\n{'configuration':<14} {'images/s':>9} {'per round':>15} {'vs baseline':>12} {'target':>7}  met")
+    for name, r in results.items():
+        low, high = min(i / t for i, t in r), max(i / t for i, t in r)
+        line = f"{name:<14} {rate[name]:9.0f} {f'{low:.0f}-{high:.0f}':>15} {rate[name] / base:11.2f}x"
+        if name in TARGETS:
+            line += f" {TARGETS[name]:6.1f}x  {'yes' if rate[name] / base >= TARGETS[name] else 'NO'}"
+        print(line)
+    load_after = os.getloadavg()[0]
+    busy = load_before > 1 or load_after > args.threads + 1  # the benchmark itself adds about `threads`
+    print(f"load average at the end {load_after:.2f}" + (": other work was running, the timings are unreliable"
+                                                         if busy else ""))
+    met = all(rate[name] / base >= target for name, target in TARGETS.items())
+    print(f"\ntargets (conv >= {TARGETS['vmistudy-conv']:g}x, mlp >= {TARGETS['vmistudy-mlp']:g}x baseline-conv) "
+          f"met: {'yes' if met else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
