@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from conftest import MNIST_SMALL, make_spec, raw_study, run_cli, state_equal, write_study
 from vmistudy import config

@@ -12,8 +12,8 @@ from torch.distributions import Normal
 from conftest import make_spec
 from vmistudy import config
 from vmistudy import data as datasets
-from vmistudy.latents import entropy, standard_normal_entropy
-from vmistudy.networks import VAE, Forward, QNetwork, mean_image
+from vmistudy.latents import standard_normal_entropy
+from vmistudy.networks import Forward, QNetwork, mean_image
 from vmistudy.objective import (elbo_terms, mi_lower_bound, mi_targets, reconstruction_nll, target_entropy,
                                 temperature)
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds

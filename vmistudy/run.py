@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         write_spec(spec, study.experiment_path(spec))
         tuner = study.tuner(spec, tracked)
     results = tuner.fit()
-    status = summarize(results, spec, args.study)
+    status = summarize(results, spec, " ".join([args.study, *(f"--set {item}" for item in args.set)]))
     if tracked:
         tracking.finish_study(tracked, summary_metrics(results, spec), failed=status != 0)
         print(f"mlflow:  mlflow ui --backend-store-uri {tracked.uri} --host 127.0.0.1 --port 5000"
@@ -96,7 +96,7 @@ def check_unchanged(spec: config.StudySpec, path: str) -> None:
         fail(f"--resume: {change} of {spec.name}")
 
 
-def summarize(results: tune.ResultGrid, spec: config.StudySpec, study_file: str) -> int:
+def summarize(results: tune.ResultGrid, spec: config.StudySpec, command: str) -> int:
     """Print the best trials and the errored ones; return the exit status."""
     search = spec.search
     rows = []
@@ -115,7 +115,7 @@ def summarize(results: tune.ResultGrid, spec: config.StudySpec, study_file: str)
         if result.error:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
-    print(f"\nresults: {study.experiment_path(spec)}\nresume:  python -m vmistudy.run {study_file} --resume")
+    print(f"\nresults: {study.experiment_path(spec)}\nresume:  python -m vmistudy.run {command} --resume")
     return 1 if results.errors else 0
 
 
