@@ -20,7 +20,6 @@ Timings vary by machine and load; nothing here is asserted by the tests.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -125,6 +124,15 @@ def measure(runs: dict[str, Iterator[int]], seconds: float, warmup: float, round
     return results
 
 
+def cpu_stall_seconds() -> float | None:
+    """Seconds some task waited for a CPU since boot (Linux pressure stall information), None if unknown."""
+    try:
+        some = open("/proc/pressure/cpu").readline().split()
+        return int(dict(f.split("=") for f in some[1:])["total"]) / 1e6
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None,
@@ -139,11 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     specs = {b: study(args.data, b, args.threads) for b in ("conv", "mlp")}
     data = datasets.load(specs["conv"].data)
-    load_before = os.getloadavg()[0]
+    stall_before, start = cpu_stall_seconds(), time.perf_counter()
     print(f"command: {shlex.join([sys.executable, '-m', 'benchmarks.throughput', *sys.argv[1:]])}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, {args.warmup:g} s warm-up "
-          f"then {args.seconds:g} s timed per configuration in {rounds} interleaved rounds; "
-          f"load average {load_before:.2f}", flush=True)
+          f"then {args.seconds:g} s timed per configuration in {rounds} interleaved rounds", flush=True)
     results = measure({"baseline-conv": baseline_steps(specs["conv"]),
                        "vmistudy-conv": project_steps(specs["conv"], data),
                        "vmistudy-mlp": project_steps(specs["mlp"], data)}, args.seconds, args.warmup, rounds)
@@ -157,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         if name in TARGETS:
             line += f" {TARGETS[name]:6.1f}x  {'yes' if rate[name] / base >= TARGETS[name] else 'NO'}"
         print(line)
-    load_after = os.getloadavg()[0]
-    busy = load_before > 1 or load_after > args.threads + 1  # the benchmark itself adds about `threads`
-    print(f"load average at the end {load_after:.2f}" + (": other work was running, the timings are unreliable"
-                                                         if busy else ""))
+    stall_after = cpu_stall_seconds()
+    if stall_before is not None and stall_after is not None:
+        stalled = (stall_after - stall_before) / (time.perf_counter() - start)
+        print(f"CPU stall (tasks waiting for a core) {100 * stalled:.1f}% of the run"
+              + (": other work was running, the timings are unreliable" if stalled > 0.05 else ""))
     met = all(rate[name] / base >= target for name, target in TARGETS.items())
     print(f"\ntargets (conv >= {TARGETS['vmistudy-conv']:g}x, mlp >= {TARGETS['vmistudy-mlp']:g}x baseline-conv) "
           f"met: {'yes' if met else 'no'}")
