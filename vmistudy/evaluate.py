@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from . import config, data
 from .cli import fail
-from .latents import entropy, standard_normal_entropy
 from .metrics import Draw, fit_q, mi_bound, one_hot_sample
 from .networks import VAE, mean_image
+from .objective import target_entropy
 from .trainer import build_q, load_checkpoint, pick_device
 
 BATCH = 256
@@ -80,12 +79,10 @@ def evaluate(state: dict, steps: int, eval_batches: int, seed: int) -> dict[str,
     reference = upper_reference(vae, images.test_images, mi)
     aggregate = reference.pop("aggregate_probs", None)
 
-    prior_h = {}
-    if mi.gaussian:
-        prior_h["gaussian"] = standard_normal_entropy(len(mi.gaussian))
-    if mi.categorical:
-        prior_h["categorical"] = math.log(vae.k)
-    encoder_h = prior_h | ({"categorical": entropy(aggregate.mean(0)).item()} if mi.categorical else {})
+    # the encoder path's c has the aggregated posterior as its marginal; the prior path's, the uniform prior
+    prior_h, encoder_h = ({part: float(h) for part, h in
+                           target_entropy(mi.model_copy(update={"entropy": how}), aggregate).items()}
+                          for how in ("prior", "aggregate"))
 
     results = {}
     for path, entropies in (("encoder", encoder_h), ("prior", prior_h)):
