@@ -90,7 +90,7 @@ def baseline_steps(spec: StudySpec) -> Iterator[int]:
             out = vae(x, tau, rng)
             entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
             log_q = q.log_prob(mean_image(out.logits), *mi_targets(out, spec.mi))
-            loss = elbo_terms(out, x, spec.model).loss(spec.train.beta) - spec.mi.lambda_mi * mi_lower_bound(
+            loss = elbo_terms(out, x, spec.model).loss(spec.train, step) - spec.mi.lambda_mi * mi_lower_bound(
                 log_q, entropies)
             vae_opt.zero_grad(set_to_none=True)
             loss.backward(inputs=vae_parameters)

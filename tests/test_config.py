@@ -177,6 +177,13 @@ def test_defaults_and_flatten():
     ({**SYN, "model": {"backbone": "resnet"}}, "model.backbone:"),
     ({**SYN, "model": {"categories": None}}, "mi.categorical: the model has no categorical part"),
     ({**SYN, "search": {"metrik": "elbo"}}, "search.metrik: unknown key; allowed here: metric, mode,"),
+    ({**SYN, "train": {"capacity": {"categorical": {"cap": 2.5}}}},
+     "train.capacity.categorical.cap: KL to the uniform prior is at most log K = 2.303 nats"),
+    ({**SYN, "model": {"categories": None}, "mi": {"categorical": False, "gaussian": [0]},
+      "train": {"capacity": {"categorical": {"cap": 1.0}}}},
+     "train.capacity.categorical.cap: the model has no categorical part"),
+    ({**SYN, "train": {"capacity": {"gaussian": {"cap": 5.0, "gamma": 0}}}},
+     "train.capacity.gaussian.gamma: Input should be greater than 0"),
     ({**SYN, "search": {"space": {"mi.lambda_mi": {"loguniform": [1.0, 2.0], "lo": 1}}}},
      "search.space.mi.lambda_mi.lo: unknown key; allowed here: uniform, loguniform, int, choice"),
 ])

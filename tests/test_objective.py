@@ -14,8 +14,8 @@ from vmistudy import config
 from vmistudy import data as datasets
 from vmistudy.latents import standard_normal_entropy
 from vmistudy.networks import Forward, QNetwork, mean_image
-from vmistudy.objective import (elbo_terms, mi_lower_bound, mi_targets, reconstruction_nll, target_entropy,
-                                temperature)
+from vmistudy.objective import (capacity, elbo_terms, mi_lower_bound, mi_targets, reconstruction_nll,
+                                target_entropy, temperature)
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
 
@@ -105,7 +105,45 @@ def test_elbo_terms_match_direct_formulas_bernoulli():
     assert torch.allclose(terms.elbo.double(), -(recon + kl_z.sum(-1) + kl_c), rtol=1e-4)
     for beta in (0.0, 1.0, 4.0):
         expected = (recon + beta * (kl_z.sum(-1) + kl_c)).mean()
-        assert terms.loss(beta).item() == pytest.approx(expected.item(), rel=1e-4)
+        train = spec.train.model_copy(update={"beta": beta})
+        assert terms.loss(train, step=0).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_capacity_rises_linearly_to_the_cap_then_stays():
+    spec = config.CapacitySpec(cap=5.0, steps=1000)
+    assert [capacity(t, spec) for t in (0, 250, 1000, 5000)] == [0.0, 1.25, 5.0, 5.0]
+
+
+def test_capacity_replaces_only_its_parts_kl_term():
+    """With a cap on one part, the loss is recon + gamma |mean KL - C(t)| for it and beta * KL for the other."""
+    spec = make_spec(train={"beta": 2.0, "capacity": {"gaussian": {"cap": 4.0, "gamma": 30.0, "steps": 100}}})
+    vae = build_vae(spec, (1, 28, 28))
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    terms = elbo_terms(vae(x, 1.0, torch.Generator().manual_seed(1)), x, spec.model)
+    for step, c in ((0, 0.0), (50, 2.0), (400, 4.0)):
+        expected = (terms.recon.mean() + 30.0 * (terms.kl_continuous.mean() - c).abs()
+                    + 2.0 * terms.kl_categorical.mean())
+        assert terms.loss(spec.train, step).item() == pytest.approx(expected.item(), rel=1e-5)
+    both = spec.train.model_copy(deep=True)
+    both.capacity.categorical = config.CapacitySpec(cap=1.0, gamma=10.0, steps=100)
+    expected = (terms.recon.mean() + 30.0 * (terms.kl_continuous.mean() - 2.0).abs()
+                + 10.0 * (terms.kl_categorical.mean() - 0.5).abs())
+    assert terms.loss(both, 50).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_capacity_steers_the_kl_of_its_part_to_the_cap():
+    """Trained on synthetic data, a Gaussian part capped at 1 nat ends near 1 nat of KL, while the same
+    model without the cap spends several times more."""
+    kls = {}
+    for cap in (None, 1.0):
+        _, trainer = _trainer(train={"epochs": 4, "capacity": {"gaussian": {"cap": cap, "steps": 50}}},
+                              data={"train_size": 2000, "test_size": 500})
+        for _ in range(4):
+            metrics = trainer.train_epoch()
+        kls[cap] = metrics["kl_continuous"]
+    print(f"kl_continuous: uncapped {kls[None]:.2f}, capped at 1 nat {kls[1.0]:.2f}")
+    assert kls[1.0] == pytest.approx(1.0, abs=0.3)
+    assert kls[None] > 3 * kls[1.0]
 
 
 def test_gaussian_likelihood_is_normal_log_prob_of_the_sigmoid_mean():
@@ -256,7 +294,7 @@ def _hand_step(spec, vae, q, x, lambda_mi):
 
     vae_params = list(vae.parameters())
     assert all(p.grad is None for p in vae_params)  # the Q step leaves the VAE untouched
-    loss = elbo_terms(out, x, spec.model).loss(spec.train.beta)
+    loss = elbo_terms(out, x, spec.model).loss(spec.train, step=0)
     if lambda_mi:
         loss = loss - lambda_mi * mi_lower_bound(q.log_prob(x_tilde, z_hat, c_hat), entropies)
     grads = torch.autograd.grad(loss, vae_params)

@@ -6,6 +6,7 @@ the command-line entry points turn it into exit status 2 before anything starts.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -95,6 +96,19 @@ class TemperatureSpec(Section):
         return self
 
 
+class CapacitySpec(Section):
+    """JointVAE's controlled capacity for one latent part: its KL term in the loss becomes
+    gamma * |KL - C(t)|, C rising linearly from 0 to `cap` nats over `steps` steps. cap null: beta * KL."""
+    cap: float | None = Field(None, ge=0, description="nats the part's KL is steered to; null keeps beta * KL")
+    gamma: float = Field(30.0, gt=0, description="weight of |KL - C(t)|")
+    steps: StrictInt = Field(5000, ge=1, description="training steps over which C rises from 0 to cap")
+
+
+class CapacitiesSpec(Section):
+    gaussian: CapacitySpec = CapacitySpec()
+    categorical: CapacitySpec = CapacitySpec()
+
+
 class TrainSpec(Section):
     epochs: StrictInt = Field(10, ge=1)
     batch_size: StrictInt = Field(128, ge=1)
@@ -103,6 +117,7 @@ class TrainSpec(Section):
     beta: float = Field(1.0, ge=0, description="KL weight; 1 is the plain ELBO")
     seed: StrictInt = Field(0, ge=0)
     temperature: TemperatureSpec = TemperatureSpec()
+    capacity: CapacitiesSpec = CapacitiesSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: StrictInt | None = Field(None, ge=1, description="torch CPU threads; default torch's own")
 
@@ -240,6 +255,15 @@ class StudySpec(Section):
                 raise ValueError(f"mi.gaussian: index {i} is outside the Gaussian latent (allowed 0..{d - 1})")
         if len(set(self.mi.gaussian)) != len(self.mi.gaussian):
             raise ValueError("mi.gaussian: indices must be distinct")
+        capacity = self.train.capacity
+        if capacity.gaussian.cap is not None and d == 0:
+            raise ValueError("train.capacity.gaussian.cap: the model has no Gaussian part (model.gaussian_dims is 0)")
+        if capacity.categorical.cap is not None:
+            if self.model.categories is None:
+                raise ValueError("train.capacity.categorical.cap: the model has no categorical part")
+            if capacity.categorical.cap > math.log(self.model.categories):
+                raise ValueError(f"train.capacity.categorical.cap: KL to the uniform prior is at most "
+                                 f"log K = {math.log(self.model.categories):.3f} nats, got {capacity.categorical.cap}")
         if self.mi.categorical and self.model.categories is None:
             raise ValueError("mi.categorical: the model has no categorical part (model.categories is null)")
         if not self.mi.gaussian and not self.mi.categorical:
@@ -368,7 +392,7 @@ def metric_names(spec: StudySpec) -> set[str]:
              "recon", "kl_continuous", "kl_categorical", "elbo", "mi_lower_bound"}
     names |= {f"kl_z{i}" for i in range(spec.model.gaussian_dims)}
     if spec.model.categories:
-        names |= {"accuracy_hungarian", "accuracy_majority", "nmi"}
+        names |= {"accuracy_hungarian", "accuracy_majority", "nmi", "accuracy_majority_train"}
     names |= {"mi_lower_bound_gaussian"} if spec.mi.gaussian else set()
     names |= {"mi_lower_bound_categorical"} if spec.mi.categorical else set()
     return names

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import MISpec, ModelSpec, TemperatureSpec
+from .config import CapacitySpec, MISpec, ModelSpec, TemperatureSpec, TrainSpec
 from .latents import entropy, standard_normal_entropy
 from .networks import Forward
 
@@ -47,9 +47,24 @@ class ELBOTerms:
     def elbo(self) -> torch.Tensor:
         return -(self.recon + self.kl_continuous + self.kl_categorical)
 
-    def loss(self, beta: float) -> torch.Tensor:
-        """Negative beta-ELBO, batch mean; beta = 1 is the plain ELBO."""
-        return (self.recon + beta * (self.kl_continuous + self.kl_categorical)).mean()
+    def loss(self, spec: TrainSpec, step: int) -> torch.Tensor:
+        """The VAE's loss without the MI term, batch mean: the negative beta-ELBO (beta = 1: plain ELBO),
+        with each latent part's KL under a capacity schedule where one is set."""
+        return (self.recon.mean() + kl_penalty(self.kl_continuous, spec.beta, spec.capacity.gaussian, step)
+                + kl_penalty(self.kl_categorical, spec.beta, spec.capacity.categorical, step))
+
+
+def capacity(step: int, spec: CapacitySpec) -> float:
+    """C(t) in nats: rises linearly from 0 to spec.cap over spec.steps steps, then stays."""
+    return spec.cap * min(1.0, step / spec.steps)
+
+
+def kl_penalty(kl: torch.Tensor, beta: float, spec: CapacitySpec, step: int) -> torch.Tensor:
+    """beta * KL (the thesis), or JointVAE's gamma * |KL - C(t)| on the batch mean when spec.cap is set:
+    the part may carry C(t) nats and no more, so the other parts must explain the rest."""
+    if spec.cap is None:
+        return beta * kl.mean()
+    return spec.gamma * (kl.mean() - capacity(step, spec)).abs()
 
 
 def elbo_terms(out: Forward, x: torch.Tensor, spec: ModelSpec) -> ELBOTerms:

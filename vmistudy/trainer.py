@@ -18,7 +18,7 @@ import torch
 
 from . import data as datasets
 from .config import StudySpec
-from .metrics import cluster_scores
+from .metrics import accuracy_majority, cluster_scores
 from .networks import VAE, QNetwork, mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
 
@@ -108,7 +108,7 @@ class Trainer:
         q_loss.backward()
         self.q_opt.step()
 
-        loss = terms.loss(spec.train.beta)
+        loss = terms.loss(spec.train, self.step)
         if spec.mi.lambda_mi > 0:
             mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
             self._check_finite({"mi_lower_bound": mi})
@@ -173,6 +173,7 @@ class Trainer:
                 add(f"log_q_{part}", log_q)
             if out.posterior.categorical:
                 probs.append(out.posterior.categorical.probs)
+        purity = {"accuracy_majority_train": self.train_purity()} if probs else {}
         self.vae.train()
         self.q.train()
 
@@ -185,8 +186,14 @@ class Trainer:
         bounds = {f"mi_lower_bound_{p}": means[f"log_q_{p}"].item() + float(h) for p, h in entropies.items()}
         metrics.update(bounds, mi_lower_bound=sum(bounds.values()))
         if probs is not None:
-            metrics.update(cluster_scores(self.data.test_labels, probs.argmax(-1)))
+            metrics.update(cluster_scores(self.data.test_labels, probs.argmax(-1)), **purity)
         return metrics
+
+    def train_purity(self) -> float:
+        """Majority-vote purity of argmax q(c|x) on the training split: the number the thesis reports."""
+        clusters = torch.cat([self.vae.encode(self.images(images)).categorical.probs.argmax(-1)
+                              for images in self.data.train_images.split(EVAL_BATCH)])
+        return accuracy_majority(self.data.train_labels.cpu().numpy(), clusters.cpu().numpy())
 
     def state_dict(self) -> dict:
         return {"spec": self.spec.model_dump(), "step": self.step, "epoch": self.epoch, "history": self.history,
