@@ -146,6 +146,27 @@ def test_capacity_steers_the_kl_of_its_part_to_the_cap():
     assert kls[None] > 3 * kls[1.0]
 
 
+def test_mixture_prior_kl_is_the_posterior_weighted_kl_to_each_component():
+    spec = make_spec(model={"prior": "mixture"}, mi={"gaussian": []})
+    vae = build_vae(spec, (1, 28, 28))
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    out = vae(x, 1.0, torch.Generator().manual_seed(1))
+    terms = elbo_terms(out, x, spec.model)
+    g, probs = out.posterior.gaussian, out.posterior.categorical.probs
+    q = Normal(g.mean.unsqueeze(1), (0.5 * g.log_var).exp().unsqueeze(1))
+    per_component = torch.distributions.kl_divergence(q, Normal(vae.prior_means, 1.0))  # [B, K, d]
+    assert torch.allclose(terms.kl_per_dim, (probs.unsqueeze(-1) * per_component).sum(1), atol=1e-5)
+    terms.elbo.mean().backward()
+    assert vae.prior_means.grad is not None and vae.prior_means.grad.abs().sum() > 0
+
+
+def test_mixture_prior_keeps_the_networks_initial_weights():
+    standard, mixture = (build_vae(make_spec(model={"prior": p}, mi={"gaussian": []}), (1, 28, 28)) for p in ("standard", "mixture"))
+    mixed = mixture.state_dict()
+    assert set(mixed) - set(standard.state_dict()) == {"prior_means"}
+    assert all(torch.equal(v, mixed[k]) for k, v in standard.state_dict().items())
+
+
 def test_gaussian_likelihood_is_normal_log_prob_of_the_sigmoid_mean():
     spec = make_spec(model={"likelihood": "gaussian", "likelihood_std": 0.2})
     g = torch.Generator().manual_seed(1)

@@ -74,6 +74,9 @@ class ModelSpec(Section):
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     likelihood_std: float = Field(0.1, gt=0, description="gaussian likelihood: fixed pixel standard deviation")
     channels_last: StrictBool = True
+    prior: Literal["standard", "mixture"] = Field(
+        "standard", description="p(z): N(0, I) as in the thesis, or mixture: p(z|c) = N(mu_c, I) with learned "
+                                "means mu_c, one per category (GMVAE-style; needs both latent parts)")
 
     @model_validator(mode="after")
     def _some_latent(self) -> ModelSpec:
@@ -255,6 +258,12 @@ class StudySpec(Section):
                 raise ValueError(f"mi.gaussian: index {i} is outside the Gaussian latent (allowed 0..{d - 1})")
         if len(set(self.mi.gaussian)) != len(self.mi.gaussian):
             raise ValueError("mi.gaussian: indices must be distinct")
+        if self.model.prior == "mixture":
+            if d == 0 or self.model.categories is None:
+                raise ValueError("model.prior: mixture needs gaussian_dims >= 1 and categories >= 2")
+            if self.mi.gaussian:
+                raise ValueError("mi.gaussian: under model.prior mixture the entropy of z has no closed form; "
+                                 "use the categorical target only")
         capacity = self.train.capacity
         if capacity.gaussian.cap is not None and d == 0:
             raise ValueError("train.capacity.gaussian.cap: the model has no Gaussian part (model.gaussian_dims is 0)")

@@ -42,12 +42,12 @@ def encoder_draw(vae: VAE, images: torch.Tensor, targets: list[int], categorical
 
 def prior_draw(vae: VAE, device: torch.device, targets: list[int], categorical: bool,
                generator: torch.Generator) -> Draw:
-    """Batches (x~, z^, c^) with the code drawn from the prior p(z) p(c)."""
+    """Batches (x~, z^, c^) with the code drawn from the prior p(c) p(z|c)."""
     @torch.no_grad()
     def draw():
-        z = torch.randn(BATCH, vae.d, generator=generator, device=device) if vae.d else None
         c = (one_hot_sample(torch.full((BATCH, vae.k), 1 / vae.k, device=device), generator)
              if vae.k else None)
+        z = vae.sample_prior_z(c, BATCH, generator) if vae.d else None
         return mean_image(vae.decode(z, c)), z[:, targets] if targets else None, c if categorical else None
     return draw
 

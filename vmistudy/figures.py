@@ -140,12 +140,11 @@ def reconstructions(vae: VAE, images: torch.Tensor, path) -> Path:
 
 @_inferring
 def prior_samples(vae: VAE, path, n: int = 64, generator: torch.Generator | None = None) -> Path:
-    """Decoded draws from the prior: z ~ N(0, I), c ~ Uniform(K) one-hot."""
+    """Decoded draws from the prior: c ~ Uniform(K) one-hot, z ~ p(z|c)."""
     where = generator.device if generator is not None else torch.device("cpu")
-    device = _device(vae)
-    z = torch.randn(n, vae.d, generator=generator, device=where).to(device) if vae.d else None
-    c = (F.one_hot(torch.randint(vae.k, (n,), generator=generator, device=where), vae.k).float().to(device)
+    c = (F.one_hot(torch.randint(vae.k, (n,), generator=generator, device=where), vae.k).float().to(_device(vae))
          if vae.k else None)
+    z = vae.sample_prior_z(c, n, generator) if vae.d else None
     return _save_grid(_decode(vae, z, c), path, nrow=math.ceil(math.sqrt(n)))
 
 

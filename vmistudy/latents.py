@@ -1,8 +1,8 @@
 """The two latent parts: a diagonal Gaussian z and a Gumbel-softmax relaxed categorical c.
 
 Small distribution objects in the manner of `torch.distributions`, but with explicit
-generators (so every random draw is reproducible) and KLs to the fixed priors of the thesis:
-p(z) = N(0, I) and p(c) = uniform over K classes.
+generators (so every random draw is reproducible) and KLs to the priors: those of the thesis,
+p(z) = N(0, I) and p(c) = uniform over K classes, and the mixture p(z|c) = N(mu_c, I).
 """
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ class DiagonalGaussian:
     def kl_standard_normal(self) -> torch.Tensor:
         """KL(q || N(0, 1)) per dimension, nats."""
         return 0.5 * (self.mean ** 2 + self.log_var.exp() - 1 - self.log_var)
+
+
+    def kl_normal_mixture(self, means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """E_{c ~ weights} KL(q || N(means[c], 1)) per dimension, nats; means [K, d], weights [B, K]."""
+        spread = torch.einsum("bk,bkd->bd", weights, (self.mean.unsqueeze(1) - means) ** 2)
+        return 0.5 * (spread + self.log_var.exp() - 1 - self.log_var)
 
 
 def standard_normal_entropy(dims: int) -> float:

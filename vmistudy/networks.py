@@ -63,6 +63,7 @@ class Forward:
     z: torch.Tensor | None
     c: torch.Tensor | None
     logits: torch.Tensor
+    prior_means: torch.Tensor | None = None  # mu_c of the mixture prior p(z|c) = N(mu_c, I); None: N(0, I)
 
 
 class VAE(nn.Module):
@@ -72,6 +73,8 @@ class VAE(nn.Module):
         self.body, features = encoder_body(spec.backbone, shape, spec.hidden)
         self.head = nn.Linear(features, 2 * self.d + self.k)
         self.decoder = decoder_net(spec.backbone, self.d + self.k, shape, spec.hidden)
+        # created last, so that the layers above get the same initial weights under either prior
+        self.prior_means = nn.Parameter(torch.randn(self.k, self.d)) if spec.prior == "mixture" else None
 
     def encode(self, x: torch.Tensor) -> Posterior:
         params = self.head(self.body(x))
@@ -86,7 +89,14 @@ class VAE(nn.Module):
         posterior = self.encode(x)
         z = posterior.gaussian.rsample(generator) if posterior.gaussian else None
         c = posterior.categorical.rsample(temperature, generator) if posterior.categorical else None
-        return Forward(posterior, z, c, self.decode(z, c))
+        return Forward(posterior, z, c, self.decode(z, c), self.prior_means)
+
+    def sample_prior_z(self, c: torch.Tensor | None, n: int, generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
+        """z ~ p(z|c): N(0, I), or N(mu_c, I) under the mixture prior (c one-hot [n, K]), on `generator`'s device."""
+        where = generator.device if generator is not None else torch.device("cpu")
+        z = torch.randn(n, self.d, generator=generator, device=where).to(self.head.weight.device)
+        return z if self.prior_means is None else z + c @ self.prior_means
 
 
 def mean_image(logits: torch.Tensor) -> torch.Tensor:

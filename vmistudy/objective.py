@@ -1,6 +1,7 @@
 """The objective of thesis eq. 4.11/4.22: ELBO + lambda_mi * MI, all terms per sample in nats.
 
-ELBO (4.19) = E_q[log p(x|z,c)] - KL(q(z|x)||p(z)) - KL(q(c|x)||p(c)).
+ELBO (4.19) = E_q[log p(x|z,c)] - KL(q(z|x)||p(z)) - KL(q(c|x)||p(c)); under the mixture prior the
+z term is E_q(c|x) KL(q(z|x)||p(z|c)).
 MI   (4.9)  = E[log Q(c^|x~)] + H(c^), c^ the chosen code parts, x~ the decoder mean.
 """
 from __future__ import annotations
@@ -70,9 +71,13 @@ def kl_penalty(kl: torch.Tensor, beta: float, spec: CapacitySpec, step: int) -> 
 def elbo_terms(out: Forward, x: torch.Tensor, spec: ModelSpec) -> ELBOTerms:
     gaussian, categorical = out.posterior.gaussian, out.posterior.categorical
     recon = reconstruction_nll(out.logits, x, spec)
-    return ELBOTerms(recon,
-                     gaussian.kl_standard_normal() if gaussian else None,
-                     categorical.kl_uniform() if categorical else torch.zeros_like(recon))
+    if gaussian is None:
+        kl_per_dim = None
+    elif out.prior_means is None:
+        kl_per_dim = gaussian.kl_standard_normal()
+    else:  # KL(q(z,c|x) || p(z|c) p(c)) = E_q(c|x) KL(q(z|x) || p(z|c)) + KL(q(c|x) || p(c))
+        kl_per_dim = gaussian.kl_normal_mixture(out.prior_means, categorical.probs)
+    return ELBOTerms(recon, kl_per_dim, categorical.kl_uniform() if categorical else torch.zeros_like(recon))
 
 
 def mi_targets(out: Forward, spec: MISpec) -> tuple[torch.Tensor | None, torch.Tensor | None]:
