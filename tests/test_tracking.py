@@ -145,6 +145,10 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     assert "## lambda_mi > 0 against its lambda_mi = 0 twin" in text
     assert text.count("- lambda 5: accuracy_hungarian difference, mean +- 95% CI over seeds") == 1
     assert "(n=2)" in text
+    assert "## Mean +- std over seeds, per configuration" in text
+    # the study's metric reads the labels, so the label-free pick is printed beside it
+    assert "- by accuracy_hungarian (max, mean over seeds; uses the labels)" in text
+    assert "- by mi_lower_bound (max, mean over seeds; uses no labels)" in text
     for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png"):
         assert (tmp_path / "report" / image).read_bytes()[:8] == PNG, image
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")

@@ -24,7 +24,11 @@ from . import config, study, tracking
 from .cli import fail
 
 CURVES = ("mi_lower_bound", "kl_categorical")
-SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "nmi", "kl_categorical", "elbo")
+SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
+         "kl_categorical", "elbo")
+SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bound", "elbo")
+LABELED = ("accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi")  # metrics that read labels
+LABEL_FREE = "mi_lower_bound"  # the pick that uses no labels: the most informative code
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 
 
@@ -74,6 +78,37 @@ def mean_ci(values: pd.Series) -> str:
         return f"{values.mean():.4f} (n={len(values)})"
     half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     return f"{values.mean():.4f} +- {half:.4f} (n={len(values)})"
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Final metrics per configuration and lambda_mi, mean +- std over seeds."""
+    keys = configuration_columns(runs) + ["lambda_mi"]
+    shown = [m for m in SUMMARY if f"metrics.{m}" in runs]
+    rows = []
+    for key, group in runs.groupby(keys, dropna=False):
+        row = dict(zip([k.split(".", 1)[-1] for k in keys], key if isinstance(key, tuple) else (key,)))
+        row["seeds"] = len(group)
+        for m in shown:
+            values = group[f"metrics.{m}"]
+            row[m] = f"{values.mean():.4g} +- {values.std(ddof=1):.2g}" if len(values) > 1 else f"{values.mean():.4g}"
+            row[f"_{m}"] = values.mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
+    """Which configuration the study's metric picks and, when that metric reads labels, the label-free pick."""
+    candidates = table[table.lambda_mi > 0] if (table.lambda_mi > 0).any() else table
+    chosen = {metric: mode} | ({LABEL_FREE: "max"} if metric in LABELED and f"_{LABEL_FREE}" in table else {})
+    lines = []
+    for name, how in chosen.items():
+        best = candidates.sort_values(f"_{name}", ascending=how == "min").iloc[0]
+        described = ", ".join(f"{k} {best[k]}" for k in table.columns if not k.startswith("_") and k != "seeds"
+                              and k not in SUMMARY)
+        labels = "uses the labels" if name in LABELED else "uses no labels"
+        lines.append(f"- by {name} ({how}, mean over seeds; {labels}): {described}; "
+                     f"accuracy_hungarian {best.get('accuracy_hungarian', 'n/a')}")
+    return lines
 
 
 def curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
@@ -146,6 +181,10 @@ def write(spec: config.StudySpec, run: tracking.StudyRun, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
              "", "## Best trials", "", markdown(table.head(10)), ""]
+    means = summary(runs)
+    lines += ["## Mean +- std over seeds, per configuration", "",
+              markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
+              *picks(means, metric, spec.search.mode), ""]
     paired = pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound") if f"metrics.{m}" in runs])
     if len(paired):
         lines += ["## lambda_mi > 0 against its lambda_mi = 0 twin (same seed, same initial weights)", "",
