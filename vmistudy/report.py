@@ -26,15 +26,20 @@ from .cli import fail
 CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
          "kl_categorical", "elbo")
-SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bound", "elbo")
+SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bound", "mi_lower_bound_categorical",
+           "elbo")
 LABELED = ("accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi")  # metrics that read labels
-LABEL_FREE = "mi_lower_bound"  # the pick that uses no labels: the most informative code
+LABEL_FREE = "mi_lower_bound_categorical"  # the pick that uses no labels: the most informative categorical code
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 
 
 def trial_runs(run: tracking.StudyRun) -> pd.DataFrame:
     mlflow.set_tracking_uri(run.uri)
     runs = mlflow.search_runs([run.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{run.parent_run_id}'")
+    for column in [c for c in runs if c.startswith("params.")]:
+        numbers = pd.to_numeric(runs[column], errors="coerce")
+        if numbers.notna().all():
+            runs[column] = numbers
     runs["lambda_mi"] = runs["params.mi.lambda_mi"].astype(float)
     runs["seed"] = runs["params.train.seed"].astype(int)
     return runs
@@ -103,8 +108,8 @@ def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     lines = []
     for name, how in chosen.items():
         best = candidates.sort_values(f"_{name}", ascending=how == "min").iloc[0]
-        described = ", ".join(f"{k} {best[k]}" for k in table.columns if not k.startswith("_") and k != "seeds"
-                              and k not in SUMMARY)
+        described = ", ".join(f"{k} {best[k]:.4g}" if isinstance(best[k], float) else f"{k} {best[k]}"
+                              for k in table.columns if not k.startswith("_") and k != "seeds" and k not in SUMMARY)
         labels = "uses the labels" if name in LABELED else "uses no labels"
         lines.append(f"- by {name} ({how}, mean over seeds; {labels}): {described}; "
                      f"accuracy_hungarian {best.get('accuracy_hungarian', 'n/a')}")
