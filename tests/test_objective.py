@@ -161,7 +161,8 @@ def test_mixture_prior_kl_is_the_posterior_weighted_kl_to_each_component():
 
 
 def test_mixture_prior_keeps_the_networks_initial_weights():
-    standard, mixture = (build_vae(make_spec(model={"prior": p}, mi={"gaussian": []}), (1, 28, 28)) for p in ("standard", "mixture"))
+    standard, mixture = (build_vae(make_spec(model={"prior": p}, mi={"gaussian": []}), (1, 28, 28))
+                         for p in ("standard", "mixture"))
     mixed = mixture.state_dict()
     assert set(mixed) - set(standard.state_dict()) == {"prior_means"}
     assert all(torch.equal(v, mixed[k]) for k, v in standard.state_dict().items())
