@@ -10,8 +10,8 @@ Gaussian(16) + categorical(10) latent, MI target = the categorical code), on the
   vmistudy-conv  `Trainer.train_step` on batches indexed from the in-memory uint8 tensors, as
   vmistudy-mlp   `Trainer.train_epoch` draws them: one VAE forward per batch (channels_last for conv).
 
-The Trainer's Adam is torch's multi-tensor (foreach) one, bitwise the same updates as the default that
-the baseline keeps (as the reference code does); it counts in the ratio, as channels_last does.
+The Trainer's Adam is torch's fused one (the same algorithm, up to rounding) where the baseline keeps the
+default, as the reference code does; it counts in the ratio, as channels_last does.
 
     python -m benchmarks.throughput [--data ROOT] [--seconds S] [--threads N]
 

@@ -301,8 +301,8 @@ def _hand_step(spec, vae, q, x, lambda_mi):
     """Algorithm 1 reproduced from the public functions on copies: Q step on detached (x~, c^), then the VAE
     step on -(ELBO + lambda * MI) with the updated Q. Returns (vae, q, q grads of the Q step)."""
     vae, q = copy.deepcopy(vae), copy.deepcopy(q)
-    vae_opt = torch.optim.Adam(vae.parameters(), lr=spec.train.lr)
-    q_opt = torch.optim.Adam(q.parameters(), lr=spec.train.q_lr)
+    vae_opt = torch.optim.Adam(vae.parameters(), lr=spec.train.lr, fused=True)  # as the Trainer's
+    q_opt = torch.optim.Adam(q.parameters(), lr=spec.train.q_lr, fused=True)
     rng = torch.Generator().manual_seed(seeds(spec.train.seed)["sampling"])
     out = vae(x, temperature(0, spec.train.temperature), rng)
     x_tilde = mean_image(out.logits)
