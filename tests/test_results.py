@@ -15,15 +15,20 @@ def test_best_mnist_study_reruns_on_a_small_budget(tmp_path, mnist_root):
     study = tmp_path / "best_mnist.yaml"
     study.write_text(BEST.read_text())
     code, log = run_study(study, "--set", f"search.storage={tmp_path / 'results'}", "--set", "search.replicates=1",
-                          "--set", "data.subset=6000", "--set", "data.test_subset=1000", "--set", "train.epochs=2",
+                          "--set", "data.subset=20000", "--set", "data.test_subset=1000", "--set", "train.epochs=3",
                           "--set", "tracking.figures_every=0", "--set", "tracking.log_model=false",
                           log=tmp_path / "run.log")
     assert code == 0, log[-3000:]
     final = {r[-1]["lambda_mi"]: r[-1] for r in results(tmp_path / "results" / raw["name"]).values()}
     assert sorted(final) == [0.0, raw["search"]["space"]["mi.lambda_mi"]["choice"][0]]
-    assert all(r["epoch"] == 2 for r in final.values())
+    assert all(r["epoch"] == 3 for r in final.values())
     with_mi, twin = final[max(final)], final[0.0]
     print(f"lambda {max(final)}: accuracy {with_mi['accuracy_hungarian']:.3f}, mi {with_mi['mi_lower_bound']:.3f}; "
-          f"twin: accuracy {twin['accuracy_hungarian']:.3f}, mi {twin['mi_lower_bound']:.3f}")
-    assert with_mi["mi_lower_bound"] > twin["mi_lower_bound"] + 0.5
-    assert with_mi["accuracy_hungarian"] > 0.3  # chance is 0.1; the full run reaches the numbers in docs/RESULTS.md
+          f"twin: accuracy {twin['accuracy_hungarian']:.3f}, mi {twin['mi_lower_bound']:.3f}; "
+          f"kl_continuous {with_mi['kl_continuous']:.3f}, {twin['kl_continuous']:.3f}")
+    # the capacity schedule holds the Gaussian KL near C(t), which has risen to cap * steps_run / steps
+    cap = raw["train"]["capacity"]["gaussian"]
+    reached = cap["cap"] * with_mi["step"] / cap["steps"]
+    assert all(r["kl_continuous"] < reached + 0.5 for r in final.values())
+    # and the categorical code carries the information instead (chance: accuracy 0.1, MI 0)
+    assert with_mi["mi_lower_bound"] > 1.0 and with_mi["accuracy_hungarian"] > 0.3
