@@ -38,7 +38,6 @@ class DiagonalGaussian:
         """KL(q || N(0, 1)) per dimension, nats."""
         return 0.5 * (self.mean ** 2 + self.log_var.exp() - 1 - self.log_var)
 
-
     def kl_normal_mixture(self, means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """E_{c ~ weights} KL(q || N(means[c], 1)) per dimension, nats; means [K, d], weights [B, K]."""
         spread = torch.einsum("bk,bkd->bd", weights, (self.mean.unsqueeze(1) - means) ** 2)
