@@ -212,7 +212,9 @@ def tuner(spec: StudySpec, tracking: StudyRun | None) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path(spec),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+            # Tune saves the experiment state after every num_to_keep checkpoints of a trial; with 1, a
+            # study killed at any point resumes each trial from the last epoch it recorded, not one before
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
             callbacks=[RunStatus(tracking)] if tracking else None),
     )
 
