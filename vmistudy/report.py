@@ -85,10 +85,10 @@ def mean_ci(values: pd.Series) -> str:
     return f"{values.mean():.4f} +- {half:.4f} (n={len(values)})"
 
 
-def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Final metrics per configuration and lambda_mi, mean +- std over seeds."""
+def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Final metrics (the study's and SUMMARY) per configuration and lambda_mi, mean +- std over seeds."""
     keys = configuration_columns(runs) + ["lambda_mi"]
-    shown = [m for m in SUMMARY if f"metrics.{m}" in runs]
+    shown = [m for m in dict.fromkeys([metric, *SUMMARY]) if f"metrics.{m}" in runs]
     rows = []
     for key, group in runs.groupby(keys, dropna=False):
         row = dict(zip([k.split(".", 1)[-1] for k in keys], key if isinstance(key, tuple) else (key,)))
@@ -109,7 +109,8 @@ def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     for name, how in chosen.items():
         best = candidates.sort_values(f"_{name}", ascending=how == "min").iloc[0]
         described = ", ".join(f"{k} {best[k]:.4g}" if isinstance(best[k], float) else f"{k} {best[k]}"
-                              for k in table.columns if not k.startswith("_") and k != "seeds" and k not in SUMMARY)
+                              for k in table.columns if not k.startswith("_") and k != "seeds"
+                              and k not in (metric, *SUMMARY))
         labels = "uses the labels" if name in LABELED else "uses no labels"
         lines.append(f"- by {name} ({how}, mean over seeds; {labels}): {described}; "
                      f"accuracy_hungarian {best.get('accuracy_hungarian', 'n/a')}")
@@ -186,7 +187,7 @@ def write(spec: config.StudySpec, run: tracking.StudyRun, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
              "", "## Best trials", "", markdown(table.head(10)), ""]
-    means = summary(runs)
+    means = summary(runs, metric)
     lines += ["## Mean +- std over seeds, per configuration", "",
               markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
               *picks(means, metric, spec.search.mode), ""]
