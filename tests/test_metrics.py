@@ -38,6 +38,8 @@ def test_permuted_labelling_scores_one(seed):
     assert accuracy_hungarian(labels, clusters) == 1.0
     assert accuracy_majority(labels, clusters) == 1.0
     assert nmi(labels, clusters) == pytest.approx(1.0, abs=1e-12)
+    # plain floats: scores go into checkpoints that load with weights_only=True
+    assert all(type(f(labels, clusters)) is float for f in (accuracy_hungarian, accuracy_majority, nmi))
 
 
 def test_partly_wrong_labelling_is_scored_exactly():

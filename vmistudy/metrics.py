@@ -21,12 +21,12 @@ def accuracy_hungarian(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Accuracy under the best one-to-one matching of clusters to labels."""
     counts = contingency(labels, clusters)
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return counts[rows, cols].sum() / len(labels)
+    return float(counts[rows, cols].sum() / len(labels))
 
 
 def accuracy_majority(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Purity: each cluster votes for its most frequent label (several clusters may pick the same label)."""
-    return contingency(labels, clusters).max(0).sum() / len(labels)
+    return float(contingency(labels, clusters).max(0).sum() / len(labels))
 
 
 def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -41,8 +41,8 @@ def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 def cluster_scores(labels: torch.Tensor, clusters: torch.Tensor) -> dict[str, float]:
     labels, clusters = labels.cpu().numpy(), clusters.cpu().numpy()
-    return {"accuracy_hungarian": float(accuracy_hungarian(labels, clusters)),
-            "accuracy_majority": float(accuracy_majority(labels, clusters)),
+    return {"accuracy_hungarian": accuracy_hungarian(labels, clusters),
+            "accuracy_majority": accuracy_majority(labels, clusters),
             "nmi": nmi(labels, clusters)}
 
 

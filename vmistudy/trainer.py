@@ -194,7 +194,7 @@ class Trainer:
         """Majority-vote purity of argmax q(c|x) on the training split: the number the thesis reports."""
         clusters = torch.cat([self.vae.encode(self.images(images)).categorical.probs.argmax(-1)
                               for images in self.data.train_images.split(EVAL_BATCH)])
-        return float(accuracy_majority(self.data.train_labels.cpu().numpy(), clusters.cpu().numpy()))
+        return accuracy_majority(self.data.train_labels.cpu().numpy(), clusters.cpu().numpy())
 
     def state_dict(self) -> dict:
         return {"spec": self.spec.model_dump(), "step": self.step, "epoch": self.epoch, "history": self.history,
