@@ -13,9 +13,14 @@ Gaussian(16) + categorical(10) latent, MI target = the categorical code), on the
 The Trainer's Adam is torch's fused one (the same algorithm, up to rounding) where the baseline keeps the
 default, as the reference code does; it counts in the ratio, as channels_last does.
 
+Beside the rates it prints the matmul and convolution FLOPs of one step (forward and backward, counted by
+torch's FlopCounterMode), the GFLOP/s each configuration reaches, and the GFLOP/s of a large float32
+matmul measured in the same run (best of 5): the ceiling those kernels can reach on this CPU. The FLOP
+ratio is the speed-up that removing work alone can give; the rest has to come from faster kernels.
+
     python -m benchmarks.throughput [--data ROOT] [--seconds S] [--threads N]
 
-Timings vary by machine and load; nothing here is asserted by the tests.
+Timings vary by machine and load; tests/test_benchmarks.py checks the FLOP accounting, never a timing.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import time
 from typing import Iterator
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vmistudy import data as datasets
 from vmistudy.config import StudySpec
@@ -124,6 +130,27 @@ def measure(runs: dict[str, Iterator[int]], seconds: float, warmup: float, round
     return results
 
 
+def flops_per_image(steps: Iterator[int]) -> float:
+    """Matmul and convolution FLOPs of one training step, forward and backward, per image."""
+    with FlopCounterMode(display=False) as counter:
+        images = next(steps)
+    return counter.get_total_flops() / images
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10, trials: int = 5) -> float:
+    """GFLOP/s of an n x n float32 matmul, best of `trials`: what the CPU's best kernel reaches."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 * repeats / best / 1e9
+
+
 def cpu_stall_seconds() -> float | None:
     """Seconds some task waited for a CPU since boot (Linux pressure stall information), None if unknown."""
     try:
@@ -151,19 +178,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {shlex.join([sys.executable, '-m', 'benchmarks.throughput', *sys.argv[1:]])}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, {args.warmup:g} s warm-up "
           f"then {args.seconds:g} s timed per configuration in {rounds} interleaved rounds", flush=True)
-    results = measure({"baseline-conv": baseline_steps(specs["conv"]),
-                       "vmistudy-conv": project_steps(specs["conv"], data),
-                       "vmistudy-mlp": project_steps(specs["mlp"], data)}, args.seconds, args.warmup, rounds)
+    runs = {"baseline-conv": baseline_steps(specs["conv"]),
+            "vmistudy-conv": project_steps(specs["conv"], data),
+            "vmistudy-mlp": project_steps(specs["mlp"], data)}
+    flops = {name: flops_per_image(steps) for name, steps in runs.items()}
+    results = measure(runs, args.seconds, args.warmup, rounds)
+    peak = matmul_gflops()
 
     rate = {name: sum(i for i, _ in r) / sum(t for _, t in r) for name, r in results.items()}
     base = rate["baseline-conv"]
-    print(f"\n{'configuration':<14} {'images/s':>9} {'per round':>15} {'vs baseline':>12} {'target':>7}  met")
+    print(f"\n{'configuration':<14} {'images/s':>9} {'per round':>15} {'MFLOP/image':>12} {'GFLOP/s':>8} "
+          f"{'vs baseline':>12} {'target':>7}  met")
     for name, r in results.items():
         low, high = min(i / t for i, t in r), max(i / t for i, t in r)
-        line = f"{name:<14} {rate[name]:9.0f} {f'{low:.0f}-{high:.0f}':>15} {rate[name] / base:11.2f}x"
+        line = (f"{name:<14} {rate[name]:9.0f} {f'{low:.0f}-{high:.0f}':>15} {flops[name] / 1e6:12.1f} "
+                f"{rate[name] * flops[name] / 1e9:8.1f} {rate[name] / base:11.2f}x")
         if name in TARGETS:
             line += f" {TARGETS[name]:6.1f}x  {'yes' if rate[name] / base >= TARGETS[name] else 'NO'}"
         print(line)
+    work = flops["baseline-conv"] / flops["vmistudy-conv"]
+    target = TARGETS["vmistudy-conv"]
+    needed = target * base * flops["vmistudy-conv"] / 1e9
+    print(f"\nThe baseline does {work:.2f}x the FLOPs of vmistudy-conv per image (one more VAE forward). The "
+          f"{target:g}x target needs vmistudy-conv at {needed:.1f} GFLOP/s: {100 * needed / peak:.0f}% "
+          f"of the best float32 matmul on this CPU ({peak:.1f} GFLOP/s, 1024 x 1024).")
     stall_after = cpu_stall_seconds()
     if stall_before is not None and stall_after is not None:
         stalled = (stall_after - stall_before) / (time.perf_counter() - start)
