@@ -6,7 +6,8 @@ Two paths, both with hard categorical draws c ~ Cat(.):
   encoder: x ~ data, z ~ q(z|x), c ~ q(c|x), x~ = decoder mean   (the thesis' own; H(c) is the entropy
            of the aggregated posterior over the test split, H(z^) the prior's, exact only if q(z) = p(z));
   prior:   z ~ N(0, I), c ~ Uniform(K), x~ = decoder mean        (H(c^) exact: log K, |S|/2 log(2 pi e)).
-Beside them, the upper reference E_x KL(q(c^|x) || p(c^)) >= I (eq. 4.23) on the test split.
+Both bound I(c^; x~). Beside them, the thesis' reference E_x KL(q(c^|x) || p(c^)) (eq. 4.23) on the test
+split: an upper bound on I(x; c^), not on I(c^; x~), since x~ is decoded from c^ itself.
 Q is fitted on training images (encoder path) or fresh prior draws, and scored on held-out ones.
 """
 from __future__ import annotations
