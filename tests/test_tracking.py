@@ -147,8 +147,8 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     assert "(n=2)" in text
     assert "## Mean +- std over seeds, per configuration" in text
     # the study's metric reads the labels, so the label-free pick is printed beside it
-    assert "- by accuracy_hungarian (max, mean over seeds; uses the labels)" in text
-    assert "- by mi_lower_bound_categorical (max, mean over seeds; uses no labels)" in text
+    assert "- by accuracy_hungarian (max, mean over seeds, among lambda_mi > 0; uses the labels)" in text
+    assert "- by mi_lower_bound_categorical (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
     for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png"):
         assert (tmp_path / "report" / image).read_bytes()[:8] == PNG, image
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")

@@ -103,7 +103,9 @@ def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     """Which configuration the study's metric picks and, when that metric reads labels, the label-free pick."""
-    candidates = table[table.lambda_mi > 0] if (table.lambda_mi > 0).any() else table
+    mi_models = (table.lambda_mi > 0).any()  # the twins are the comparison, not candidates
+    candidates = table[table.lambda_mi > 0] if mi_models else table
+    among = ", among lambda_mi > 0" if mi_models else ""
     chosen = {metric: mode} | ({LABEL_FREE: "max"} if metric in LABELED and f"_{LABEL_FREE}" in table else {})
     lines = []
     for name, how in chosen.items():
@@ -112,7 +114,7 @@ def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
                               for k in table.columns if not k.startswith("_") and k != "seeds"
                               and k not in (metric, *SUMMARY))
         labels = "uses the labels" if name in LABELED else "uses no labels"
-        lines.append(f"- by {name} ({how}, mean over seeds; {labels}): {described}; "
+        lines.append(f"- by {name} ({how}, mean over seeds{among}; {labels}): {described}; "
                      f"accuracy_hungarian {best.get('accuracy_hungarian', 'n/a')}")
     return lines
 
