@@ -118,6 +118,20 @@ def test_evaluate_cli_on_a_trained_model(cli_model):
     assert math.isfinite(ref["kl_upper_reference_categorical"]) and ref["kl_upper_reference_categorical"] >= 0
 
 
+def test_fresh_q_bounds_of_the_last_epoch_are_what_evaluate_finds(tmp_path, mnist_root):
+    study = write_study(tmp_path / "study.yaml", raw_study(MNIST_SMALL, train={"epochs": 2}, mi={"fresh_q_steps": 40}))
+    proc = run_cli("train", study, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    first, last = map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    frozen = {"frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior"}
+    assert not frozen & set(first) and frozen <= set(last)
+    ev = run_cli("evaluate", tmp_path / "run" / "model.pt", "--steps", "40", "--json")
+    assert ev.returncode == 0, ev.stderr
+    results = json.loads(ev.stdout.strip().splitlines()[-1])
+    for path in ("encoder", "prior"):
+        assert last[f"frozen_mi_lower_bound_{path}"] == pytest.approx(results[path]["mi_lower_bound"], abs=1e-6)
+
+
 def test_evaluate_cli_rejects_bad_arguments(cli_model):
     out, _ = cli_model
     zero = run_cli("evaluate", out / "model.pt", "--steps", "0")

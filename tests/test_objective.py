@@ -377,3 +377,18 @@ def test_mi_regularizer_raises_the_bound_on_synthetic_data():
     assert results[5.0]["mi_lower_bound"] > results[0.0]["mi_lower_bound"] + 0.3
     assert results[5.0]["mi_lower_bound"] <= math.log(4) + 0.05  # a lower bound on I <= H(c) = log 4
     assert results[5.0]["accuracy_hungarian"] > results[0.0]["accuracy_hungarian"] + 0.1
+
+
+def test_fresh_q_leaves_the_vae_as_it_found_it():
+    """The eq. 4.8 bounds run the VAE in eval mode: BatchNorm's running statistics, the weights and the
+    training mode are unchanged afterwards, and the Q trained alongside is not touched either."""
+    _, trainer = _trainer(model={"backbone": "conv"}, mi={"fresh_q_steps": 5})
+    trainer.train_step(trainer.images(trainer.data.train_images[:64]))
+    vae, q = copy.deepcopy(trainer.vae.state_dict()), copy.deepcopy(trainer.q.state_dict())
+    bounds = trainer.frozen_mi_lower_bounds()
+    assert set(bounds) == {"frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior"}
+    assert all(math.isfinite(v) for v in bounds.values())
+    assert trainer.vae.training
+    for before, model in ((vae, trainer.vae), (q, trainer.q)):
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)

@@ -135,7 +135,7 @@ def test_real_mlflow_server_receives_every_run_metric_and_image(tmp_path):
 def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     study = tiny_study(tmp_path, search__algorithm="grid", search__replicates=2, search__paired_baseline=True,
                        search__space={"mi.lambda_mi": {"choice": [5.0]}}, search__scheduler__name="none",
-                       tracking={"figures_every": 0, "log_model": False})
+                       tracking={"figures_every": 0, "log_model": False}, mi__fresh_q_steps=5)
     code, log = run_study(study, log=tmp_path / "run.log")
     assert code == 0, log[-3000:]
     done = subprocess.run([PYTHON, "-m", "vmistudy.report", str(study), "--out", str(tmp_path / "report")],
@@ -149,6 +149,9 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     # the study's metric reads the labels, so the label-free pick is printed beside it
     assert "- by accuracy_hungarian (max, mean over seeds, among lambda_mi > 0; uses the labels)" in text
     assert "- by mi_lower_bound_categorical (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
+    # the trials' eq. 4.8 bounds (mi.fresh_q_steps) reach the tables, each twin's beside its run
+    assert "frozen_mi_lower_bound_prior (twin)" in text
+    assert "- lambda 5: frozen_mi_lower_bound_prior difference, mean +- 95% CI over seeds" in text
     for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png"):
         assert (tmp_path / "report" / image).read_bytes()[:8] == PNG, image
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")

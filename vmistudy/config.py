@@ -132,6 +132,9 @@ class MISpec(Section):
     entropy: Literal["aggregate", "prior"] = Field(
         "aggregate", description="H(c) of the categorical target: entropy of the batch's mean q(c|x) "
                                  "(aggregate), or the constant log K of the thesis (prior, collapses)")
+    fresh_q_steps: StrictInt = Field(0, ge=0, description="after the last epoch, fit a fresh Q to the frozen VAE "
+                                     "for this many Adam steps (thesis eq. 4.8) and report frozen_mi_lower_bound_"
+                                     "encoder and _prior; 0: off")
 
 
 class ParamSpec(Section):

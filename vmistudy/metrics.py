@@ -7,7 +7,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .networks import QNetwork
+from .config import MISpec
+from .data import ImageData, as_float
+from .networks import VAE, QNetwork, mean_image
+from .objective import target_entropy
+
+BATCH = 256  # draws per step of a fresh Q, and per held-out batch
+EVAL_BATCHES = 40
 
 
 def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
@@ -86,3 +92,75 @@ def one_hot_sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Ten
     """A hard draw c ~ Cat(probs) as a one-hot vector."""
     index = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+
+
+def encoder_draw(vae: VAE, images: torch.Tensor, targets: list[int], categorical: bool,
+                 generator: torch.Generator) -> Draw:
+    """Batches (x~, z^, c^) with x from `images` and the code from the encoder."""
+    @torch.no_grad()
+    def draw():
+        index = torch.randint(len(images), (BATCH,), generator=generator, device=images.device)
+        posterior = vae.encode(as_float(images[index]))
+        z = posterior.gaussian.rsample(generator) if posterior.gaussian else None
+        c = one_hot_sample(posterior.categorical.probs, generator) if posterior.categorical else None
+        return mean_image(vae.decode(z, c)), z[:, targets] if targets else None, c if categorical else None
+    return draw
+
+
+def prior_draw(vae: VAE, device: torch.device, targets: list[int], categorical: bool,
+               generator: torch.Generator) -> Draw:
+    """Batches (x~, z^, c^) with the code drawn from the prior p(c) p(z|c)."""
+    @torch.no_grad()
+    def draw():
+        c = (one_hot_sample(torch.full((BATCH, vae.k), 1 / vae.k, device=device), generator)
+             if vae.k else None)
+        z = vae.sample_prior_z(c, BATCH, generator) if vae.d else None
+        return mean_image(vae.decode(z, c)), z[:, targets] if targets else None, c if categorical else None
+    return draw
+
+
+@torch.no_grad()
+def upper_reference(vae: VAE, images: torch.Tensor, spec: MISpec) -> dict[str, float]:
+    """E_x KL(q(c^|x) || p(c^)) on `images`, per part, nats; and q(c|x) for the aggregate entropy."""
+    sums, probs = {"gaussian": 0.0, "categorical": 0.0}, []
+    for batch in images.split(1000):
+        posterior = vae.encode(as_float(batch))
+        if spec.gaussian:
+            sums["gaussian"] += posterior.gaussian.kl_standard_normal()[:, spec.gaussian].sum().item()
+        if posterior.categorical:
+            sums["categorical"] += posterior.categorical.kl_uniform().sum().item()
+            probs.append(posterior.categorical.probs)
+    parts = (["gaussian"] if spec.gaussian else []) + (["categorical"] if spec.categorical else [])
+    out = {f"kl_upper_reference_{p}": sums[p] / len(images) for p in parts}
+    return out | ({"aggregate_probs": torch.cat(probs)} if probs else {})
+
+
+def frozen_mi(vae: VAE, mi: MISpec, images: ImageData, new_q: Callable[[], QNetwork], steps: int,
+              eval_batches: int = EVAL_BATCHES, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Thesis eq. 4.8: for the encoder and the prior path, fit a fresh Q (`new_q()`) to the frozen VAE and
+    score it on held-out draws (`mi_bound`'s results); beside them the upper reference (see vmistudy.evaluate).
+    The VAE runs in eval mode and is left as it was found."""
+    device, training = images.train_images.device, vae.training
+    vae.eval()
+    reference = upper_reference(vae, images.test_images, mi)
+    aggregate = reference.pop("aggregate_probs", None)
+
+    # the encoder path's c has the aggregated posterior as its marginal; the prior path's, the uniform prior
+    prior_h, encoder_h = ({part: float(h) for part, h in
+                           target_entropy(mi.model_copy(update={"entropy": how}), aggregate).items()}
+                          for how in ("prior", "aggregate"))
+
+    results = {}
+    for path, entropies in (("encoder", encoder_h), ("prior", prior_h)):
+        g = torch.Generator(device).manual_seed(seed)
+        if path == "encoder":
+            fit_on = encoder_draw(vae, images.train_images, mi.gaussian, mi.categorical, g)
+            score_on = encoder_draw(vae, images.test_images, mi.gaussian, mi.categorical, g)
+        else:
+            fit_on = score_on = prior_draw(vae, device, mi.gaussian, mi.categorical, g)
+        q = new_q()
+        fit_q(q, fit_on, steps)
+        results[path] = mi_bound(q, score_on, entropies, eval_batches)
+    results["upper_reference"] = reference
+    vae.train(training)
+    return results

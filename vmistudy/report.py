@@ -27,7 +27,7 @@ CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
          "kl_categorical", "elbo")
 SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bound", "mi_lower_bound_categorical",
-           "elbo")
+           "frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior", "elbo")
 LABELED = ("accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi")  # metrics that read labels
 LABEL_FREE = "mi_lower_bound_categorical"  # the pick that uses no labels: the most informative categorical code
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
@@ -193,7 +193,8 @@ def write(spec: config.StudySpec, run: tracking.StudyRun, out: Path) -> Path:
     lines += ["## Mean +- std over seeds, per configuration", "",
               markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
               *picks(means, metric, spec.search.mode), ""]
-    paired = pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound") if f"metrics.{m}" in runs])
+    paired = pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_prior")
+                          if f"metrics.{m}" in runs])
     if len(paired):
         lines += ["## lambda_mi > 0 against its lambda_mi = 0 twin (same seed, same initial weights)", "",
                   markdown(paired.drop(columns=["run_id", "twin_id"])), ""]

@@ -18,7 +18,7 @@ import torch
 
 from . import data as datasets
 from .config import StudySpec
-from .metrics import accuracy_majority, cluster_scores
+from .metrics import accuracy_majority, cluster_scores, frozen_mi
 from .networks import VAE, QNetwork, mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
 
@@ -147,6 +147,8 @@ class Trainer:
         metrics = {"epoch": self.epoch, "step": self.step, "temperature": self.temperature,
                    "train_loss": train_loss, "train_mi_lower_bound": train_mi,
                    "images_per_second": len(images) / seconds, **self.evaluate()}
+        if self.epoch == self.spec.train.epochs and self.spec.mi.fresh_q_steps:
+            metrics.update(self.frozen_mi_lower_bounds())
         self.history.append(metrics)
         return metrics
 
@@ -189,6 +191,16 @@ class Trainer:
         if probs is not None:
             metrics.update(cluster_scores(self.data.test_labels, probs.argmax(-1)), **purity)
         return metrics
+
+    def frozen_mi_lower_bounds(self) -> dict[str, float]:
+        """The bounds a fresh Q finds on the frozen VAE (thesis eq. 4.8), as `python -m vmistudy.evaluate` prints them.
+
+        The Q trained alongside the VAE lags it at every step; a fresh one, fitted to convergence, does not.
+        """
+        shape = self.data.image_shape
+        results = frozen_mi(self.vae, self.spec.mi, self.data, lambda: build_q(self.spec, shape).to(self.device),
+                            self.spec.mi.fresh_q_steps)
+        return {f"frozen_mi_lower_bound_{path}": results[path]["mi_lower_bound"] for path in ("encoder", "prior")}
 
     def train_purity(self) -> float:
         """Majority-vote purity of argmax q(c|x) on the training split: the number the thesis reports."""
