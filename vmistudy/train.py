@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from . import config, data
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         trainer.load_state_dict(state)
     out.mkdir(parents=True, exist_ok=True)
     write_history(out / METRICS, trainer.history)
+    if spec.mi.fresh_q_steps:
+        print(f"after epoch {spec.train.epochs}: a fresh Q is fitted for {spec.mi.fresh_q_steps} steps "
+              f"(mi.fresh_q_steps, thesis eq. 4.8)", file=sys.stderr, flush=True)
     for epoch in range(trainer.epoch + 1, spec.train.epochs + 1):
         metrics = trainer.train_epoch(ProgressBar(epoch, spec.train.epochs))
         save_checkpoint(trainer.state_dict(), out / CHECKPOINT)
