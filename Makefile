@@ -1,5 +1,6 @@
 # make study : set up .venv if needed, then run the quick study
 # make test  : set up .venv if needed, then run the test suite
+# make test-fast : the tests that start no Ray, server or command and train for about a second at most
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +15,7 @@ ifeq ($(VMISTUDY_DATA),)
   endif
 endif
 
-.PHONY: setup study test bench
+.PHONY: setup study test test-fast bench
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -28,6 +29,9 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not (ray or server or subprocess or slow)"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.throughput

@@ -18,6 +18,7 @@ import time
 import ray
 
 from vmistudy import config, study
+from vmistudy.tracking import NullStudyTracker
 
 SPACE = {"mi.lambda_mi": {"loguniform": [0.5, 20.0]},
          "train.temperature.start": {"uniform": [0.5, 2.0]},
@@ -40,7 +41,7 @@ def spec(name: str, algorithm: str, scheduler: str, samples: int, args, storage:
 
 def run(s: config.StudySpec) -> dict:
     start = time.perf_counter()
-    grid = study.tuner(s).fit()
+    grid = study.tuner(s, NullStudyTracker()).fit()
     wall = time.perf_counter() - start
     reports = []  # (timestamp, metric) of every epoch of every trial
     training = 0.0

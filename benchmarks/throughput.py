@@ -54,7 +54,7 @@ def study(root: str, backbone: str, threads: int) -> StudySpec:
 
 def project_steps(spec: StudySpec, data: datasets.ImageData) -> Iterator[int]:
     """The body of `Trainer.train_epoch`, epoch after epoch; yields the images of each step."""
-    trainer = Trainer(spec, data)
+    trainer = Trainer(spec.recipe, data)
     trainer.vae.train()
     trainer.q.train()
     images = trainer.data.train_images

@@ -3,6 +3,10 @@
 The MNIST/FashionMNIST root is $VMISTUDY_DATA if set, else <repo>/../shared/datasets if it exists.
 It is exported as $VMISTUDY_DATA so that subprocesses (the CLI) see it too. Tests that need MNIST
 skip with a clear reason when no root is found; nothing is ever downloaded.
+
+Markers (pyproject.toml) split the suite: `ray`, `server` and `subprocess` for tests that start Ray, a
+server or a command, `slow` for in-process training of more than a second or so. `make test-fast` runs the
+rest; a test outside those markers that starts a process fails, naming the marker it needs.
 """
 from __future__ import annotations
 
@@ -21,6 +25,26 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 torch.set_num_threads(2)
+
+PROCESS_MARKERS = ("ray", "server", "subprocess")
+_starts_processes = {"allowed": True}
+_popen_init = subprocess.Popen.__init__
+
+
+def _guarded_popen_init(self, *args, **kwargs):
+    if not _starts_processes["allowed"]:
+        raise AssertionError(f"this test starts a process ({args[0] if args else kwargs.get('args')}) but has none of "
+                             f"the markers {', '.join(PROCESS_MARKERS)}; mark it, so that make test-fast leaves it out")
+    _popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _guarded_popen_init
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of the test: may it start processes?"""
+    _starts_processes["allowed"] = any(item.get_closest_marker(m) for m in PROCESS_MARKERS)
 
 
 def _find_data_root() -> Path | None:

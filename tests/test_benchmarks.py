@@ -9,6 +9,8 @@ from benchmarks.throughput import baseline_steps, flops_per_image, project_steps
 from vmistudy import data as datasets
 from vmistudy.trainer import build_vae
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("backbone", ["conv", "mlp"])
 def test_the_baseline_differs_by_one_vae_forward(mnist_root, backbone):

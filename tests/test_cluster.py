@@ -12,6 +12,8 @@ import pytest
 from conftest import PYTHON, REPO
 from ray_support import ray_env, results, stop_group, tiny_study
 
+pytestmark = pytest.mark.ray
+
 RAY = str(Path(PYTHON).parent / "ray")
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from conftest import REPO, SYNTHETIC, make_spec, raw_study, run_cli
 from vmistudy import config
+from vmistudy.errors import InputError
 
 SYN = {"data": {"name": "synthetic"}}
 
@@ -63,6 +64,7 @@ def cli_results(tmp_path_factory):
         return {name: (out, proc) for name, out, proc in pool.map(one, CASES)}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_2_with_one_error_line(case, cli_results):
     out, proc = cli_results[case]
@@ -125,27 +127,27 @@ def test_data_root_resolution_order(tmp_path, monkeypatch):
     spec = config.validate({"data": {"name": "mnist", "root": str(tmp_path / "b")}})
     assert spec.data.resolved_root() == tmp_path / "b"
     monkeypatch.setenv(config.DATA_ENV, str(tmp_path / "missing"))
-    with pytest.raises(config.ConfigError, match="missing"):
+    with pytest.raises(InputError, match="missing"):
         config.validate({"data": {"name": "mnist"}})
     # download on, or synthetic data, need no folder
     assert config.validate({"data": {"name": "mnist", "download": True}}).data.download
     assert config.validate({"data": {"name": "synthetic"}}).data.name == "synthetic"
     # an image folder needs the root itself
-    with pytest.raises(config.ConfigError, match="data"):
+    with pytest.raises(InputError, match="data"):
         config.validate({"data": {"name": "image_folder", "root": str(tmp_path / "nowhere")}})
     assert config.validate({"data": {"name": "image_folder", "root": str(tmp_path / "a")}}).data.name == "image_folder"
 
 
 def test_errors_are_one_line_config_errors():
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(InputError) as info:
         config.validate({**SYN, "train": {"lr": 0}}, source="here.yaml")
     message = str(info.value)
     assert message.startswith("here.yaml: train.lr:") and "\n" not in message
-    with pytest.raises(config.ConfigError, match=r"model: the latent is empty"):
+    with pytest.raises(InputError, match=r"model: the latent is empty"):
         config.validate({**SYN, "model": {"gaussian_dims": 0, "categories": None}, "mi": {"categorical": False}})
-    with pytest.raises(config.ConfigError, match=r"mi: no MI target"):
+    with pytest.raises(InputError, match=r"mi: no MI target"):
         config.validate({**SYN, "mi": {"categorical": False}})
-    with pytest.raises(config.ConfigError, match=r"mi.gaussian: indices must be distinct"):
+    with pytest.raises(InputError, match=r"mi.gaussian: indices must be distinct"):
         config.validate({**SYN, "mi": {"gaussian": [1, 1]}})
 
 
@@ -192,7 +194,7 @@ def test_defaults_and_flatten():
      "search.space.mi.lambda_mi.lo: unknown key; allowed here: uniform, loguniform, int, choice"),
 ])
 def test_validate_names_the_field(raw, expected):
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(InputError) as info:
         config.validate(raw, source="s.yaml")
     assert str(info.value).startswith(f"s.yaml: {expected}"), str(info.value)
 
@@ -203,11 +205,11 @@ def test_validate_names_the_field(raw, expected):
     ("- data\n- model\n", "must be a mapping"),
 ])
 def test_read_yaml_errors(tmp_path, text, expected):
-    with pytest.raises(config.ConfigError, match="cannot read"):
+    with pytest.raises(InputError, match="cannot read"):
         config.load(tmp_path / "missing.yaml")
     study = tmp_path / "s.yaml"
     study.write_text(text)
-    with pytest.raises(config.ConfigError, match=expected):
+    with pytest.raises(InputError, match=expected):
         config.load(study)
 
 
@@ -215,14 +217,14 @@ def test_read_yaml_errors(tmp_path, text, expected):
 def test_malformed_overrides(tmp_path, item):
     study = tmp_path / "s.yaml"
     study.write_text(_yaml(SYN))
-    with pytest.raises(config.ConfigError, match="expected key.path=value"):
+    with pytest.raises(InputError, match="expected key.path=value"):
         config.load(study, [item])
 
 
 def test_override_errors(tmp_path):
     study = tmp_path / "s.yaml"
     study.write_text(_yaml({**SYN, "train": {"epochs": 2}}))
-    with pytest.raises(config.ConfigError, match=r"--set mi.gaussian: the value '\[0,' is not valid YAML"):
+    with pytest.raises(InputError, match=r"--set mi.gaussian: the value '\[0,' is not valid YAML"):
         config.load(study, ["mi.gaussian=[0,"])
-    with pytest.raises(config.ConfigError, match=r"--set train.epochs.max: train.epochs is not a section"):
+    with pytest.raises(InputError, match=r"--set train.epochs.max: train.epochs is not a section"):
         config.load(study, ["train.epochs.max=3"])

@@ -360,6 +360,7 @@ def test_aws_iam_policies_grant_the_secrets_node_secrets_reads():
     assert any("iam:PassRole" in s["Action"] for s in head["Statement"])
 
 
+@pytest.mark.subprocess
 def test_node_secrets_writes_the_token_and_mlflow_login_readable_by_the_owner_only(tmp_path, monkeypatch):
     import boto3
     from moto import mock_aws
@@ -390,6 +391,7 @@ def test_node_secrets_writes_the_token_and_mlflow_login_readable_by_the_owner_on
 
 # --- Dockerfile ------------------------------------------------------------------------------------------------
 
+@pytest.mark.subprocess
 def test_dockerfile_passes_hadolint_and_hadolint_catches_mistakes(tmp_path):
     done = subprocess.run([HADOLINT, str(CLUSTER / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -400,6 +402,7 @@ def test_dockerfile_passes_hadolint_and_hadolint_catches_mistakes(tmp_path):
     assert {"DL3007", "DL3013"} <= set(re.findall(r"DL\d{4}", done.stdout))
 
 
+@pytest.mark.subprocess
 def test_dockerfile_installs_the_pyproject_pins_as_a_non_root_user():
     text = (CLUSTER / "Dockerfile").read_text()
     lines = [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip()

@@ -11,6 +11,8 @@ from vmistudy.latents import standard_normal_entropy
 from vmistudy.metrics import fit_q, mi_bound
 from vmistudy.networks import QNetwork
 
+pytestmark = pytest.mark.slow
+
 D, BATCH, HIDDEN = 8, 256, 64
 
 

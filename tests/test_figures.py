@@ -66,7 +66,7 @@ def cell(grid: np.ndarray, row: int, col: int, shape) -> np.ndarray:
 
 def test_joint_model_gets_every_figure_as_a_png_of_the_right_size(data, tmp_path):
     vae = vae_of(JOINT, data)
-    paths = figures.thesis_figures(vae, JOINT, data, tmp_path / "figs", n=8)
+    paths = figures.thesis_figures(vae, JOINT.mi, data, tmp_path / "figs", n=8)
     assert set(paths) == GAUSSIAN | CATEGORICAL
     assert all(path == tmp_path / "figs" / f"{name}.png" for name, path in paths.items())
     images = {name: read_png(path) for name, path in paths.items()}
@@ -87,22 +87,23 @@ def test_joint_model_gets_every_figure_as_a_png_of_the_right_size(data, tmp_path
      GAUSSIAN - {"traversal_pair"}),
 ], ids=["gaussian-only", "categorical-only", "one-gaussian-dim"])
 def test_only_the_applicable_figures(s, expected, data, tmp_path):
-    paths = figures.thesis_figures(vae_of(s, data), s, data, tmp_path)
+    paths = figures.thesis_figures(vae_of(s, data), s.mi, data, tmp_path)
     assert set(paths) == expected
     for path in paths.values():
         read_png(path)
 
 
+@pytest.mark.slow
 def test_conv_backbone_after_an_epoch_in_train_mode(data, tmp_path):
     s = spec(backbone="conv")
     small = datasets.ImageData(data.train_images[:50], data.train_labels[:50],
                                data.test_images[:20], data.test_labels[:20])
-    trainer = Trainer(s, small)  # one step of 50: BatchNorm's running statistics have moved
+    trainer = Trainer(s.recipe, small)  # one step of 50: BatchNorm's running statistics have moved
     trainer.train_epoch()
     vae = trainer.vae
     vae.train()
     before = {name: m.training for name, m in vae.named_modules()}
-    paths = figures.thesis_figures(vae, s, small, tmp_path, n=3)
+    paths = figures.thesis_figures(vae, s.mi, small, tmp_path, n=3)
     assert set(paths) == GAUSSIAN | CATEGORICAL
     assert {name: m.training for name, m in vae.named_modules()} == before
     assert read_png(paths["reconstructions"]).shape == grid_shape(6, 3, small.image_shape)
@@ -112,7 +113,7 @@ def test_eval_mode_and_mixed_modes_are_restored_too(data, tmp_path):
     vae = vae_of(JOINT, data)
     vae.eval()
     vae.decoder.train()
-    figures.thesis_figures(vae, JOINT, data, tmp_path)
+    figures.thesis_figures(vae, JOINT.mi, data, tmp_path)
     assert not vae.training and not vae.body.training and vae.decoder.training
 
 
@@ -120,7 +121,7 @@ def test_traversals_follow_the_mi_dims_and_vary_the_image(data, tmp_path, monkey
     vae = vae_of(GAUSSIAN_ONLY, data)
     calls = []
     monkeypatch.setattr(figures, "traversal_pair", lambda *a, **kw: calls.append(a[2]) or tmp_path / "p.png")
-    figures.thesis_figures(vae, GAUSSIAN_ONLY, data, tmp_path)
+    figures.thesis_figures(vae, GAUSSIAN_ONLY.mi, data, tmp_path)
     assert calls == [(2, 3)]
     monkeypatch.undo()
 
@@ -166,8 +167,8 @@ def test_figures_that_need_a_missing_part_raise(data, tmp_path):
 
 def test_deterministic_for_a_given_model(data, tmp_path):
     vae = vae_of(JOINT, data)
-    a = figures.thesis_figures(vae, JOINT, data, tmp_path / "a")
-    b = figures.thesis_figures(vae, JOINT, data, tmp_path / "b")
+    a = figures.thesis_figures(vae, JOINT.mi, data, tmp_path / "a")
+    b = figures.thesis_figures(vae, JOINT.mi, data, tmp_path / "b")
     assert a.keys() == b.keys()
     assert all(a[name].read_bytes() == b[name].read_bytes() for name in a)
 

@@ -12,6 +12,8 @@ from vmistudy import data as datasets
 from vmistudy.objective import temperature
 from vmistudy.trainer import Trainer, load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 EPOCHS = 3
 MNIST_6K = raw_study(MNIST_SMALL, data={"subset": 6000, "test_subset": 1000},
                      model={"hidden": 256}, train={"epochs": EPOCHS, "batch_size": 64, "lr": 2e-3, "q_lr": 2e-3})
@@ -26,7 +28,7 @@ def lambda_runs(mnist_root):
     images = datasets.load(make_spec(MNIST_6K).data)
     runs = {}
     for lam in (0.0, 5.0):
-        trainer = Trainer(make_spec(MNIST_6K, mi={"lambda_mi": lam}), images)
+        trainer = Trainer(make_spec(MNIST_6K, mi={"lambda_mi": lam}).recipe, images)
         initial = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
         for _ in range(EPOCHS):
             trainer.train_epoch()
@@ -59,7 +61,7 @@ def test_every_documented_metric_is_reported(lambda_runs):
         for m in trainer.history:
             missing = [k for k in DOCUMENTED if k not in m]
             assert not missing, f"lambda {lam}: missing {missing}"
-            assert set(m) == config.metric_names(trainer.spec)
+            assert set(m) == config.metric_names(trainer.recipe)
             assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in m.values()), m
         m = trainer.history[-1]
         assert m["elbo"] == pytest.approx(-(m["recon"] + m["kl_continuous"] + m["kl_categorical"]), rel=1e-5)
@@ -67,7 +69,7 @@ def test_every_documented_metric_is_reported(lambda_runs):
         assert all(m[f"kl_z{i}"] >= 0 for i in range(16)) and m["kl_categorical"] >= 0
         assert m["mi_lower_bound"] == pytest.approx(m["mi_lower_bound_categorical"])
         assert m["step"] == EPOCHS * math.ceil(6000 / 64) and m["epoch"] == EPOCHS
-        assert m["temperature"] == temperature(m["step"], trainer.spec.train.temperature)
+        assert m["temperature"] == temperature(m["step"], trainer.recipe.train.temperature)
         assert 0.1 <= m["accuracy_hungarian"] <= m["accuracy_majority"] <= 1 and 0 <= m["nmi"] <= 1
         assert m["images_per_second"] > 0
         # metrics are a function of the weights: evaluating again gives the same numbers
@@ -83,6 +85,7 @@ def cli_model(tmp_path_factory, mnist_root):
     return tmp / "run", proc
 
 
+@pytest.mark.subprocess
 def test_cli_run_writes_metrics_checkpoint_and_model(cli_model):
     out, proc = cli_model
     assert proc.returncode == 0, proc.stderr
@@ -98,6 +101,7 @@ def test_cli_run_writes_metrics_checkpoint_and_model(cli_model):
     assert config.validate(model["spec"]).mi.lambda_mi == MNIST_SMALL["mi"]["lambda_mi"]
 
 
+@pytest.mark.subprocess
 def test_evaluate_cli_on_a_trained_model(cli_model):
     out, proc = cli_model
     assert proc.returncode == 0, proc.stderr
@@ -118,6 +122,7 @@ def test_evaluate_cli_on_a_trained_model(cli_model):
     assert math.isfinite(ref["kl_upper_reference_categorical"]) and ref["kl_upper_reference_categorical"] >= 0
 
 
+@pytest.mark.subprocess
 def test_fresh_q_bounds_of_the_last_epoch_are_what_evaluate_finds(tmp_path, mnist_root):
     study = write_study(tmp_path / "study.yaml", raw_study(MNIST_SMALL, train={"epochs": 2}, mi={"fresh_q_steps": 40}))
     proc = run_cli("train", study, "--out", tmp_path / "run")
@@ -132,6 +137,7 @@ def test_fresh_q_bounds_of_the_last_epoch_are_what_evaluate_finds(tmp_path, mnis
         assert last[f"frozen_mi_lower_bound_{path}"] == pytest.approx(results[path]["mi_lower_bound"], abs=1e-6)
 
 
+@pytest.mark.subprocess
 def test_evaluate_cli_rejects_bad_arguments(cli_model):
     out, _ = cli_model
     zero = run_cli("evaluate", out / "model.pt", "--steps", "0")

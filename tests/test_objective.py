@@ -65,7 +65,7 @@ def test_temperature_floors_at_min():
 
 def test_trainer_temperature_follows_its_step():
     spec = make_spec(train={"temperature": {"start": 1.0, "min": 0.2, "rate": 0.05, "every": 3}})
-    trainer = Trainer(spec, datasets.load(spec.data))
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
     x = trainer.images(trainer.data.train_images[:32])
     seen = []
     for _ in range(7):
@@ -131,6 +131,7 @@ def test_capacity_replaces_only_its_parts_kl_term():
     assert terms.loss(both, 50).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_capacity_steers_the_kl_of_its_part_to_the_cap():
     """Trained on synthetic data, a Gaussian part capped at 1 nat ends near 1 nat of KL, while the same
     model without the cap spends several times more."""
@@ -290,7 +291,7 @@ def test_mi_gradient_reaches_encoder_and_decoder_but_not_q(mi):
 
 def _trainer(**sections):
     spec = make_spec(**sections)
-    return spec, Trainer(spec, datasets.load(spec.data))
+    return spec, Trainer(spec.recipe, datasets.load(spec.data))
 
 
 def _snapshot(module):
@@ -361,6 +362,7 @@ def test_lambda_changes_the_vae_update_but_not_the_q_update():
         assert any(k.startswith(prefix) for k in differ), f"lambda_mi did not change the {prefix} update"
 
 
+@pytest.mark.slow
 def test_mi_regularizer_raises_the_bound_on_synthetic_data():
     """Sign check end to end: from the same initial weights, lambda_mi = 5 ends with a clearly higher test MI bound
     and finds the synthetic classes better than lambda_mi = 0 (a wrong-signed MI term would lower it)."""
@@ -379,6 +381,7 @@ def test_mi_regularizer_raises_the_bound_on_synthetic_data():
     assert results[5.0]["accuracy_hungarian"] > results[0.0]["accuracy_hungarian"] + 0.1
 
 
+@pytest.mark.slow
 def test_fresh_q_leaves_the_vae_as_it_found_it():
     """The eq. 4.8 bounds run the VAE in eval mode: BatchNorm's running statistics, the weights and the
     training mode are unchanged afterwards, and the Q trained alongside is not touched either."""

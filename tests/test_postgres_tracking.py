@@ -33,6 +33,8 @@ from conftest import PYTHON, REPO
 from ray_support import results, run_study, stop_group, tiny_study
 from vmistudy.tracking import TRIAL_TAG
 
+pytestmark = [pytest.mark.ray, pytest.mark.server]
+
 BIN = Path(PYTHON).parent
 MANIFEST = REPO / "cluster" / "k8s" / "mlflow.yaml"
 

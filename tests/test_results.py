@@ -1,10 +1,14 @@
 """The published best configuration reruns from its study file, on a small budget, through the service."""
 from __future__ import annotations
 
+import pytest
+
 import yaml
 
 from conftest import REPO
 from ray_support import results, run_study
+
+pytestmark = pytest.mark.ray
 
 BEST = REPO / "studies" / "best_mnist.yaml"
 

@@ -9,22 +9,24 @@ import torch
 
 from conftest import MNIST_SMALL, SYNTHETIC, make_spec, raw_study, run_cli, state_equal, strip_timing, write_study
 from vmistudy import data as datasets
+from vmistudy import train
+from vmistudy.errors import InputError
 from vmistudy.trainer import DivergenceError, Trainer, load_checkpoint, save_checkpoint
 
 
 def _resume_matches_straight_run(spec, tmp_path):
     images = datasets.load(spec.data)
-    straight = Trainer(spec, images)
+    straight = Trainer(spec.recipe, images)
     for _ in range(3):
         straight.train_epoch()
 
-    first = Trainer(spec, images)
+    first = Trainer(spec.recipe, images)
     first.train_epoch()
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(first.state_dict(), path)
     assert path.is_file() and not path.with_suffix(".tmp").exists()
     del first
-    resumed = Trainer(spec, images)
+    resumed = Trainer(spec.recipe, images)
     resumed.load_state_dict(load_checkpoint(path))
     assert resumed.epoch == 1 and resumed.step > 0 and len(resumed.history) == 1
     for _ in range(2):
@@ -37,10 +39,12 @@ def _resume_matches_straight_run(spec, tmp_path):
     assert [m["epoch"] for m in resumed.history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_in_process_synthetic(tmp_path):
     _resume_matches_straight_run(make_spec(mi={"lambda_mi": 3.0}), tmp_path)
 
 
+@pytest.mark.slow
 def test_resume_in_process_mnist(tmp_path, mnist_root):
     _resume_matches_straight_run(make_spec(MNIST_SMALL), tmp_path)
 
@@ -49,15 +53,15 @@ def test_resume_without_restoring_the_rngs_would_differ(tmp_path):
     """The test above has power: dropping the RNG state from the checkpoint changes the continuation."""
     spec = make_spec()
     images = datasets.load(spec.data)
-    straight = Trainer(spec, images)
+    straight = Trainer(spec.recipe, images)
     straight.train_epoch()
     straight.train_epoch()
-    first = Trainer(spec, images)
+    first = Trainer(spec.recipe, images)
     first.train_epoch()
     state = first.state_dict()
-    fresh = Trainer(spec, images)
+    fresh = Trainer(spec.recipe, images)
     state["data_rng"], state["sample_rng"] = fresh.data_rng.get_state(), fresh.sample_rng.get_state()
-    resumed = Trainer(spec, images)
+    resumed = Trainer(spec.recipe, images)
     resumed.load_state_dict(state)
     resumed.train_epoch()
     assert state_equal(straight.vae.state_dict(), resumed.vae.state_dict()) != []
@@ -65,11 +69,11 @@ def test_resume_without_restoring_the_rngs_would_differ(tmp_path):
 
 def test_checkpoint_holds_plain_state(tmp_path):
     spec = make_spec()
-    trainer = Trainer(spec, datasets.load(spec.data))
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
     trainer.train_epoch()
     save_checkpoint(trainer.state_dict(), tmp_path / "c.pt")
     state = load_checkpoint(tmp_path / "c.pt")  # weights_only loading must accept it
-    assert state["spec"] == spec.model_dump()
+    assert state["spec"] == spec.recipe.model_dump()
     assert state["epoch"] == 1 and state["step"] == math.ceil(300 / 64)
     assert state["history"][0]["epoch"] == 1
 
@@ -91,6 +95,7 @@ def cli_runs(tmp_path_factory):
     return tmp, study, straight, one, one_lines, resumed
 
 
+@pytest.mark.subprocess
 def test_cli_resume_equals_straight_run(cli_runs):
     tmp, _, straight, one, one_lines, resumed = cli_runs
     for proc in (straight, one, resumed):
@@ -111,6 +116,7 @@ def test_cli_resume_equals_straight_run(cli_runs):
     assert state_equal(sa["vae"], sb["vae"]) == []
 
 
+@pytest.mark.subprocess
 def test_cli_resume_with_a_changed_field_fails_naming_it(cli_runs):
     tmp, study, *_ = cli_runs
     before = (tmp / "resumed" / "metrics.jsonl").read_text()
@@ -122,6 +128,7 @@ def test_cli_resume_with_a_changed_field_fails_naming_it(cli_runs):
     assert (tmp / "resumed" / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_to_overwrite_a_run(cli_runs):
     tmp, study, *_ = cli_runs
     proc = run_cli("train", study, "--out", tmp / "straight")
@@ -134,7 +141,7 @@ def test_cli_refuses_to_overwrite_a_run(cli_runs):
 
 def test_absurd_learning_rate_raises_divergence_error():
     spec = make_spec(train={"lr": 1e30, "q_lr": 1e30})
-    trainer = Trainer(spec, datasets.load(spec.data))
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
     with pytest.raises(DivergenceError) as info:
         for _ in range(3):
             trainer.train_epoch()
@@ -147,7 +154,7 @@ def test_absurd_learning_rate_raises_divergence_error():
 
 def test_nan_weights_raise_divergence_error_at_the_first_step():
     spec = make_spec()
-    trainer = Trainer(spec, datasets.load(spec.data))
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
     with torch.no_grad():
         trainer.vae.decoder[0].weight[0, 0] = float("nan")
     with pytest.raises(DivergenceError) as info:
@@ -160,10 +167,22 @@ def test_nan_weights_raise_divergence_error_at_the_first_step():
 @pytest.mark.parametrize("lambda_mi", [0.0, 2.0])
 def test_nan_in_q_names_the_q_term(lambda_mi):
     spec = make_spec(mi={"lambda_mi": lambda_mi, "gaussian": [0], "categorical": False})
-    trainer = Trainer(spec, datasets.load(spec.data))
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
     with torch.no_grad():
         trainer.q.head.bias.fill_(float("nan"))
     with pytest.raises(DivergenceError) as info:
         trainer.train_epoch()
     assert info.value.step == 1 and info.value.term == "log_q_gaussian"
     assert str(info.value) == "training diverged at step 1: log_q_gaussian is not finite"
+
+
+def test_resume_state_raises_input_errors_naming_the_folder_or_field(tmp_path):
+    spec = make_spec(train={"epochs": 1})
+    with pytest.raises(InputError, match=r"--resume .*: no checkpoint.pt there"):
+        train.resume_state(tmp_path, spec.recipe)
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
+    trainer.train_epoch()
+    save_checkpoint(trainer.state_dict(), tmp_path / "checkpoint.pt")
+    assert train.resume_state(tmp_path, make_spec(train={"epochs": 2, "threads": 1}).recipe)["epoch"] == 1
+    with pytest.raises(InputError, match=r"mi.lambda_mi is 7.0 here but 2.0 in the saved spec"):
+        train.resume_state(tmp_path, make_spec(mi={"lambda_mi": 7.0}).recipe)

@@ -16,7 +16,8 @@ import yaml
 
 from conftest import PYTHON, REPO, make_spec, run_cli, write_study
 from ray_support import ray_env, start, stop_group, tiny_study, wait_for
-from vmistudy import config, study
+from vmistudy import config, layout, study
+from vmistudy.errors import InputError
 
 
 def refused(tmp_path: Path, module: str, raw: dict | None = None, *overrides: str, text: str | None = None):
@@ -41,7 +42,7 @@ def refused(tmp_path: Path, module: str, raw: dict | None = None, *overrides: st
 @pytest.mark.parametrize("name", ["..", ".", "../../x", "a/b", "/abs", "..\\x", "x/../../y", ".hidden", "-x", "",
                                   "a b", "a\nb"])
 def test_a_study_name_that_could_leave_its_storage_root_is_refused(name):
-    with pytest.raises(config.ConfigError) as error:
+    with pytest.raises(InputError) as error:
         make_spec(name=name)
     assert str(error.value).startswith("test: name: ")
 
@@ -49,17 +50,18 @@ def test_a_study_name_that_could_leave_its_storage_root_is_refused(name):
 @pytest.mark.parametrize("name", ["a..", "a..b", "x.", "A-1_b.c", "9"])
 def test_every_allowed_study_name_stays_one_folder_inside_the_storage_root(tmp_path, name):
     spec = make_spec(name=name, search={"storage": str(tmp_path / "root"), "space": {}})
-    folder = Path(study.experiment_path(spec)).resolve()
+    folder = Path(layout.experiment_path(spec)).resolve()
     assert folder.parent == (tmp_path / "root").resolve() and folder.name == name
 
 
 @pytest.mark.parametrize("experiment", ["../../elsewhere", "a/b", "..", "/tmp/x"])
 def test_an_experiment_name_that_could_leave_the_artifact_root_is_refused(experiment):
-    with pytest.raises(config.ConfigError) as error:
+    with pytest.raises(InputError) as error:
         make_spec(tracking={"experiment": experiment})
     assert "tracking.experiment" in str(error.value)
 
 
+@pytest.mark.subprocess
 def test_the_run_command_refuses_a_traversing_name_before_starting_anything(tmp_path):
     raw = yaml.safe_load((REPO / "tests" / "studies" / "tiny.yaml").read_text())
     raw["search"]["storage"] = str(tmp_path / "results")
@@ -90,11 +92,12 @@ def assert_credentials_message(line: str) -> None:
 def test_a_tracking_uri_with_credentials_is_refused_without_echoing_them(tmp_path, uri):
     path = write_study(tmp_path / "study.yaml", {**tiny_raw(tmp_path), "tracking": {"uri": uri}})
     for args in ((path,), (write_study(tmp_path / "plain.yaml", tiny_raw(tmp_path)), [f"tracking.uri={uri}"])):
-        with pytest.raises(config.ConfigError) as error:
+        with pytest.raises(InputError) as error:
             config.load(*args)
         assert_credentials_message(str(error.value))
 
 
+@pytest.mark.subprocess
 def test_the_run_command_refuses_credentials_in_the_uri_with_one_line_and_exit_2(tmp_path):
     uri = URIS_WITH_CREDENTIALS[0]
     for line in (refused(tmp_path, "run", {**tiny_raw(tmp_path), "tracking": {"uri": uri}}),
@@ -104,7 +107,7 @@ def test_the_run_command_refuses_credentials_in_the_uri_with_one_line_and_exit_2
 
 
 def test_a_storage_uri_with_keys_is_refused():
-    with pytest.raises(config.ConfigError) as error:
+    with pytest.raises(InputError) as error:
         make_spec(search={"storage": "s3://AKIAEXAMPLE:wJalrSECRET@bucket/studies", "space": {}},
                   tracking={"uri": "http://mlflow:5000"})
     assert "search.storage: remove the credentials" in str(error.value)
@@ -129,15 +132,16 @@ def test_a_python_tag_in_a_study_file_or_override_is_refused_and_nothing_runs(tm
     payload = f'{tag} ["touch {marker}"]'
     study = tmp_path / "study.yaml"
     study.write_text(f"name: {payload}\ndata: {{name: synthetic}}\n")
-    with pytest.raises(config.ConfigError) as error:
+    with pytest.raises(InputError) as error:
         config.load(study)
     assert "YAML syntax error" in str(error.value) and tag.removeprefix("!!") in str(error.value)
-    with pytest.raises(config.ConfigError) as error:
+    with pytest.raises(InputError) as error:
         config.load(write_study(tmp_path / "plain.yaml", {"data": {"name": "synthetic"}}), [f"name={payload}"])
     assert "not valid YAML" in str(error.value)
     assert not marker.exists()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("module", ["run", "train"])
 def test_the_commands_refuse_a_python_tag_with_exit_2_and_nothing_runs(tmp_path, module):
     marker = tmp_path / "pwned"
@@ -178,6 +182,7 @@ def http_get(url: str, headers: dict | None = None) -> tuple[int | None, str]:
         return None, ""
 
 
+@pytest.mark.ray
 def test_a_local_study_serves_no_job_api_refuses_tokenless_http_and_logs_no_secret(tmp_path, monkeypatch):
     """connect() without an address: ray.init(address="local", include_dashboard=False, _node_ip_address=127.0.0.1).
 

@@ -71,14 +71,14 @@ def test_two_trainers_with_the_same_spec_are_identical_after_an_epoch():
     spec = make_spec(mi={"lambda_mi": 3.0})
     runs = []
     for _ in range(2):
-        trainer = Trainer(spec, datasets.load(spec.data))
+        trainer = Trainer(spec.recipe, datasets.load(spec.data))
         metrics = trainer.train_epoch()
         runs.append((strip_timing([metrics])[0], trainer.vae.state_dict(), trainer.q.state_dict()))
     (m1, v1, q1), (m2, v2, q2) = runs
     assert m1 == m2
     assert state_equal(v1, v2) == [] and state_equal(q1, q2) == []
     # a different seed gives a different run
-    other = Trainer(make_spec(mi={"lambda_mi": 3.0}, train={"seed": 5}), datasets.load(spec.data))
+    other = Trainer(make_spec(mi={"lambda_mi": 3.0}, train={"seed": 5}).recipe, datasets.load(spec.data))
     m3 = strip_timing([other.train_epoch()])[0]
     assert m3["elbo"] != m1["elbo"] and m3["mi_lower_bound"] != m1["mi_lower_bound"]
 
@@ -86,8 +86,8 @@ def test_two_trainers_with_the_same_spec_are_identical_after_an_epoch():
 def test_data_order_and_sampling_follow_the_seed():
     spec = make_spec()
     data = datasets.load(spec.data)
-    a, b = Trainer(spec, data), Trainer(spec, data)
-    c = Trainer(make_spec(train={"seed": 9}), data)
+    a, b = Trainer(spec.recipe, data), Trainer(spec.recipe, data)
+    c = Trainer(make_spec(train={"seed": 9}).recipe, data)
     assert torch.equal(a.data_rng.get_state(), b.data_rng.get_state())
     assert not torch.equal(a.data_rng.get_state(), c.data_rng.get_state())
     assert torch.equal(a.sample_rng.get_state(), b.sample_rng.get_state())

@@ -11,8 +11,9 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from conftest import REPO, make_spec, run_cli
 from ray_support import results, run_study, start, stop_group, tiny_study, wait_for
-from vmistudy import config, study
+from vmistudy import config, run, study
 from vmistudy.config import SUBSET_PATH
+from vmistudy.errors import InputError
 
 SEARCH = {"metric": "accuracy_hungarian", "replicates": 2, "paired_baseline": True,
           "subsets": {"cat": {"categorical": True}, "cat+z01": {"categorical": True, "gaussian": [0, 1]}},
@@ -53,6 +54,7 @@ def test_grid_counts_every_point_once():
     assert study.configurations(spec.search) == 6
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case, args, message", [
     ("no search", ["--set", "search=null"], "search: required"),
     ("resume nothing", ["--resume"], "--resume: no study named"),
@@ -65,6 +67,7 @@ def test_bad_study_input_exits_2_and_starts_nothing(tmp_path, case, args, messag
     assert not (tmp_path / "results" / "tiny").exists()
 
 
+@pytest.mark.ray
 def test_optuna_asha_study_completes_and_refuses_to_start_over(tmp_path):
     code, log = run_study(tiny_study(tmp_path), log=tmp_path / "run.log")
     assert code == 0, log[-3000:]
@@ -81,6 +84,7 @@ def test_optuna_asha_study_completes_and_refuses_to_start_over(tmp_path):
     assert results(experiment) == trials, "a refused start changes nothing"
 
 
+@pytest.mark.ray
 def test_driver_sigkill_then_resume_finishes_every_trial_without_restarting(tmp_path):
     spec = tiny_study(tmp_path, data__train_size=4096, train__epochs=5, search__scheduler__name="none")
     experiment = tmp_path / "results" / "tiny"
@@ -105,6 +109,7 @@ def test_driver_sigkill_then_resume_finishes_every_trial_without_restarting(tmp_
         assert history[:len(before.get(name, []))] == before.get(name, [])
 
 
+@pytest.mark.ray
 def test_worker_killed_mid_trial_continues_from_checkpoint(tmp_path):
     spec = tiny_study(tmp_path, data__train_size=4096, train__epochs=6, search__num_samples=1,
                       search__scheduler__name="none", search__max_failures=2)
@@ -123,6 +128,7 @@ def test_worker_killed_mid_trial_continues_from_checkpoint(tmp_path):
     assert epochs[-1] == 6 and len({r["pid"] for r in history}) == 2, "a second worker finished the trial"
 
 
+@pytest.mark.ray
 def test_diverged_trial_errors_with_its_reason_and_the_study_goes_on(tmp_path):
     spec = tiny_study(tmp_path, search__algorithm="grid", search__max_failures=0,
                       search__space={"train.lr": {"choice": [1.0e-3, 1.0e+12]}})
@@ -139,3 +145,11 @@ def test_every_shipped_study_file_validates(path, mnist_root, fashion_root):
     if spec.search:
         assert study.configurations(spec.search) >= 1
         assert spec.search.metric in config.metric_names(spec)
+
+
+def test_the_start_checks_raise_one_input_error_in_process(tmp_path):
+    spec = make_spec(search={"storage": str(tmp_path / "results"), "space": {}})
+    with pytest.raises(InputError, match=r"^--resume: no study named synthetic-test in "):
+        run.check_start(spec, resume=True)
+    run.check_start(spec, resume=False)  # a new study: nothing to refuse, nothing written
+    assert not (tmp_path / "results").exists()

@@ -1,6 +1,8 @@
 """MLflow tracking of real studies: the embedded sqlite store, and a real `mlflow server` on 127.0.0.1."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import socket
 import subprocess
@@ -13,6 +15,8 @@ from mlflow import MlflowClient
 from conftest import PYTHON
 from ray_support import results, run_study, start, stop_group, tiny_study
 from vmistudy.tracking import ROLE_TAG, TRIAL_TAG
+
+pytestmark = pytest.mark.ray
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -91,6 +95,7 @@ def rest(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.server
 def test_real_mlflow_server_receives_every_run_metric_and_image(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -1,16 +1,35 @@
-"""What the command-line entry points share: one-line errors with exit status 2, a console progress bar."""
+"""What the command-line entry points share: one exit for bad input, loading a study, a progress bar."""
 from __future__ import annotations
 
+import functools
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Callable
+
+from . import config
+from .errors import InputError
 
 EXIT_BAD_INPUT = 2
 
 
-def fail(message: str) -> NoReturn:
-    """Bad input: one line on stderr, exit status 2, nothing started."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
+    """A command's `main`: an InputError raised anywhere below becomes one line on stderr, exit status 2."""
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> None:
+        try:
+            main(argv)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+    return wrapper
+
+
+def load_study(path: str | Path, overrides: list[str], service: bool = False) -> config.StudySpec:
+    """The validated study file with its overrides; `service`: it must have a search section."""
+    spec = config.load(path, overrides)
+    if service and spec.search is None:
+        raise InputError(f"{path}: search: required for a study (to train one model: python -m vmistudy.train)")
+    return spec
 
 
 class ProgressBar:

@@ -1,13 +1,14 @@
 """The study schema: one YAML file -> one validated `StudySpec`.
 
 Everything a user can set lives here, validated once at the edge. Errors become a
-`ConfigError` whose message is one line naming the field path and what is allowed;
+`InputError` whose message is one line naming the field path and what is allowed;
 the command-line entry points turn it into exit status 2 before anything starts.
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -15,12 +16,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
+from .errors import InputError
+
 DATA_ENV = "VMISTUDY_DATA"
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-
-
-class ConfigError(ValueError):
-    """Bad study input; the message is one line meant for the user."""
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # no path separator, never "." or "..": safe as one folder name
@@ -293,6 +292,27 @@ class StudySpec(Section):
             raise ValueError(f"data.image_size: the conv backbone needs a multiple of 4, got {self.data.image_size}")
         return self
 
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.data, self.model, self.train, self.mi)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one trained model is made of: the data, model, train and MI sections of a validated study.
+
+    The core (Trainer, figures, metrics) reads these and nothing else; search, resources and tracking
+    belong to the study service. A checkpoint keeps `model_dump()`; `validate(dump).recipe` reads it back.
+    """
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    mi: MISpec
+
+    def model_dump(self) -> dict[str, dict]:
+        return {"data": self.data.model_dump(), "model": self.model.model_dump(),
+                "train": self.train.model_dump(), "mi": self.mi.model_dump()}
+
 
 def load(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     """Read a study file, apply `key.path=value` overrides, validate."""
@@ -306,18 +326,18 @@ def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
+        raise InputError(f"{path}: cannot read the study file ({e.strerror})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+        raise InputError(f"{path}:{where}: YAML syntax error: {problem}") from None
     if raw is None:
-        raise ConfigError(f"{path}: the study file is empty; it needs at least a data section")
+        raise InputError(f"{path}: the study file is empty; it needs at least a data section")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the study file must be a mapping of sections, got {type(raw).__name__}")
+        raise InputError(f"{path}: the study file must be a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
@@ -328,7 +348,7 @@ def apply_override(raw: dict, item: str) -> None:
     """
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key.path=value")
+        raise InputError(f"--set {item!r}: expected key.path=value")
     parts, node, walked = key.split("."), raw, []
     while True:
         n = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in node), 1)
@@ -340,18 +360,18 @@ def apply_override(raw: dict, item: str) -> None:
             node[name] = {}
         node = node[name]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(walked)} is not a section")
+            raise InputError(f"--set {key}: {'.'.join(walked)} is not a section")
     try:
         node[name] = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML") from None
+        raise InputError(f"--set {key}: the value {text!r} is not valid YAML") from None
 
 
 def validate(raw: dict, source: str = "study") -> StudySpec:
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {describe(e.errors()[0])}") from None
+        raise InputError(f"{source}: {describe(e.errors()[0])}") from None
 
 
 def describe(error: dict) -> str:
@@ -383,7 +403,7 @@ def _fields_at(loc: list[str]) -> list[str]:
     return list(node.model_fields)
 
 
-def flatten(spec: StudySpec) -> dict[str, Any]:
+def flatten(spec: StudySpec | Recipe) -> dict[str, Any]:
     """`{'train.temperature.start': 1.0, ...}`: one entry per leaf field (the search section stays one entry)."""
     out: dict[str, Any] = {}
 
@@ -398,7 +418,7 @@ def flatten(spec: StudySpec) -> dict[str, Any]:
     return out
 
 
-def metric_names(spec: StudySpec) -> set[str]:
+def metric_names(spec: StudySpec | Recipe) -> set[str]:
     """The per-epoch metrics a model of this spec reports (see the README's metrics table)."""
     names = {"epoch", "step", "temperature", "train_loss", "train_mi_lower_bound", "images_per_second",
              "recon", "kl_continuous", "kl_categorical", "elbo", "mi_lower_bound"}
@@ -410,7 +430,7 @@ def metric_names(spec: StudySpec) -> set[str]:
     return names
 
 
-def first_change(saved: StudySpec, new: StudySpec, allowed: set[str] = frozenset()) -> str | None:
+def first_change(saved: StudySpec | Recipe, new: StudySpec | Recipe, allowed: set[str] = frozenset()) -> str | None:
     """The first field outside `allowed` whose value differs, as 'path is NEW here but OLD in the saved spec'."""
     old = flatten(saved)
     for key, value in flatten(new).items():

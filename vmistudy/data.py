@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 
 from .config import DataSpec
+from .errors import InputError
 
 
 @dataclass
@@ -31,9 +32,13 @@ class ImageData:
 
 
 def load(spec: DataSpec) -> ImageData:
+    """The data set the spec names; InputError (one line) for files that cannot be read as it."""
     loader = {"mnist": _torchvision, "fashion_mnist": _torchvision,
               "image_folder": _image_folder, "synthetic": _synthetic}[spec.name]
-    data = loader(spec)
+    try:
+        data = loader(spec)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise InputError(f"data: cannot load {spec.name}: {e}") from None
     return ImageData(data.train_images[:spec.subset], data.train_labels[:spec.subset],
                      data.test_images[:spec.test_subset], data.test_labels[:spec.test_subset])
 

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from . import config, data
-from .cli import fail
+from .cli import command
+from .errors import InputError
 from .metrics import EVAL_BATCHES, frozen_mi
 from .networks import VAE
 from .trainer import build_q, load_checkpoint, pick_device
@@ -26,17 +27,16 @@ from .trainer import build_q, load_checkpoint, pick_device
 def evaluate(state: dict, steps: int, eval_batches: int = EVAL_BATCHES, seed: int = 0
              ) -> dict[str, dict[str, float]]:
     """frozen_mi of the VAE in a checkpoint, on the data its spec names."""
-    spec = config.validate(state["spec"])
-    device = pick_device(spec.train.device)
-    images = data.load(spec.data).to(device)
-    vae = VAE(spec.model, images.image_shape).to(device)
+    recipe = config.validate(state["spec"], source="checkpoint").recipe
+    device = pick_device(recipe.train.device)
+    images = data.load(recipe.data).to(device)
+    vae = VAE(recipe.model, images.image_shape).to(device)
     vae.load_state_dict(state["vae"])
-    vae.eval().requires_grad_(False)
-    return frozen_mi(vae, spec.mi, images, lambda: build_q(spec, images.image_shape).to(device), steps,
+    return frozen_mi(vae, recipe.mi, images, lambda: build_q(recipe, images.image_shape).to(device), steps,
                      eval_batches, seed)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vmistudy.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt or model.pt written by vmistudy.train")
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps to fit the fresh Q (batch 256)")
@@ -44,15 +44,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="held-out batches of 256 to score Q on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+@command
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
     if not args.checkpoint.is_file():
-        fail(f"{args.checkpoint}: no such checkpoint")
+        raise InputError(f"{args.checkpoint}: no such checkpoint")
     if args.steps < 1 or args.eval_batches < 1:
-        fail("--steps and --eval-batches must be >= 1")
-    try:
-        results = evaluate(load_checkpoint(args.checkpoint), args.steps, args.eval_batches, args.seed)
-    except config.ConfigError as e:
-        fail(str(e))
+        raise InputError("--steps and --eval-batches must be >= 1")
+    results = evaluate(load_checkpoint(args.checkpoint), args.steps, args.eval_batches, args.seed)
     if args.json:
         print(json.dumps(results))
         return

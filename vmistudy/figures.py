@@ -10,7 +10,6 @@ when a plot is made and without pyplot, so no global backend or figure registry 
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from pathlib import Path
@@ -20,23 +19,10 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from . import data as datasets
-from .config import StudySpec
-from .networks import VAE, mean_image
+from .config import MISpec
+from .networks import VAE, inference, mean_image
 
 STATS_BATCH = 1000  # images encoded at once for the histogram and the heatmap
-
-
-@contextlib.contextmanager
-def inference(vae: VAE):
-    """Eval mode and no autograd inside; each module's own train/eval flag restored after."""
-    modes = [(module, module.training) for module in vae.modules()]
-    vae.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def _inferring(figure):
@@ -148,8 +134,7 @@ def prior_samples(vae: VAE, path, n: int = 64, generator: torch.Generator | None
     return _save_grid(_decode(vae, z, c), path, nrow=math.ceil(math.sqrt(n)))
 
 
-def thesis_figures(vae: VAE, spec: StudySpec, data: datasets.ImageData, folder, *, n: int = 8
-                   ) -> dict[str, Path]:
+def thesis_figures(vae: VAE, mi: MISpec, data: datasets.ImageData, folder, *, n: int = 8) -> dict[str, Path]:
     """Every figure that applies to the model, as {name: folder/name.png}; deterministic for given weights.
 
     Image grids show the first n test images (traversals the first one); the histogram and the heatmap
@@ -166,7 +151,7 @@ def thesis_figures(vae: VAE, spec: StudySpec, data: datasets.ImageData, folder, 
             figures["traversal_rows"] = traversal_rows(vae, first[:1], folder / "traversal_rows.png")
         if vae.d >= 2:
             # the MI-target dims are the ones the regularizer should have made interpretable
-            dims = tuple(spec.mi.gaussian[:2]) if len(spec.mi.gaussian) >= 2 else (0, 1)
+            dims = tuple(mi.gaussian[:2]) if len(mi.gaussian) >= 2 else (0, 1)
             figures["traversal_pair"] = traversal_pair(vae, first[:1], dims, folder / "traversal_pair.png")
         if vae.k:
             figures["categorical_swaps"] = categorical_swaps(vae, first, folder / "categorical_swaps.png")

@@ -9,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .config import MISpec
 from .data import ImageData, as_float
-from .networks import VAE, QNetwork, mean_image
+from .networks import VAE, QNetwork, inference, mean_image
 from .objective import target_entropy
 
 BATCH = 256  # draws per step of a fresh Q, and per held-out batch
@@ -68,14 +68,13 @@ def fit_q(q: QNetwork, draw: Draw, steps: int, lr: float = 1e-3) -> None:
         opt.step()
 
 
-@torch.no_grad()
 def mi_bound(q: QNetwork, draw: Draw, entropies: dict[str, float], batches: int) -> dict[str, float]:
     """The bound E log Q + H on `batches` held-out draws, per part and in total, with its Monte Carlo error.
 
     Returns log_q_<part>, entropy_<part>, mi_lower_bound_<part>, mi_lower_bound and mi_standard_error (nats).
     """
-    q.eval()
-    draws = [q.log_prob(*draw()) for _ in range(batches)]
+    with inference(q):
+        draws = [q.log_prob(*draw()) for _ in range(batches)]
     out: dict[str, float] = {}
     for part in draws[0]:
         log_q = torch.cat([d[part] for d in draws])
@@ -137,11 +136,24 @@ def upper_reference(vae: VAE, images: torch.Tensor, spec: MISpec) -> dict[str, f
 
 def frozen_mi(vae: VAE, mi: MISpec, images: ImageData, new_q: Callable[[], QNetwork], steps: int,
               eval_batches: int = EVAL_BATCHES, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Thesis eq. 4.8: for the encoder and the prior path, fit a fresh Q (`new_q()`) to the frozen VAE and
-    score it on held-out draws (`mi_bound`'s results); beside them the upper reference (see vmistudy.evaluate).
-    The VAE runs in eval mode and is left as it was found."""
-    device, training = images.train_images.device, vae.training
-    vae.eval()
+    """Thesis eq. 4.8: the MI bound of a fresh Q fitted to the frozen VAE, on the encoder and the prior path.
+
+    vae: the model; run in eval mode and left as it was found (weights, BatchNorm statistics, modes).
+    mi: the targets (mi.gaussian dims, mi.categorical) and how H(c) is taken on the encoder path.
+    images: training images fit Q on the encoder path; test images score it and give the upper reference.
+    new_q: makes an untrained Q on the right device (the caller's seed).
+    steps: Adam steps of batch BATCH to fit each fresh Q; eval_batches: held-out batches that score it.
+    seed: of every draw.
+    Returns {"encoder": ..., "prior": ...} (each `mi_bound`'s results) and "upper_reference"
+    (E_x KL(q(c^|x) || p(c^)), see vmistudy.evaluate), in nats.
+    """
+    with inference(vae, grad=True):  # grad: the fresh Q is fitted inside; the VAE's draws take none
+        return _frozen_mi(vae, mi, images, new_q, steps, eval_batches, seed)
+
+
+def _frozen_mi(vae: VAE, mi: MISpec, images: ImageData, new_q: Callable[[], QNetwork], steps: int,
+               eval_batches: int, seed: int) -> dict[str, dict[str, float]]:
+    device = images.train_images.device
     reference = upper_reference(vae, images.test_images, mi)
     aggregate = reference.pop("aggregate_probs", None)
 
@@ -162,5 +174,4 @@ def frozen_mi(vae: VAE, mi: MISpec, images: ImageData, new_q: Callable[[], QNetw
         fit_q(q, fit_on, steps)
         results[path] = mi_bound(q, score_on, entropies, eval_batches)
     results["upper_reference"] = reference
-    vae.train(training)
     return results

@@ -7,6 +7,7 @@ that Q reads (sigmoid for both likelihoods, whose means live in [0, 1]).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -97,6 +98,22 @@ class VAE(nn.Module):
         where = generator.device if generator is not None else torch.device("cpu")
         z = torch.randn(n, self.d, generator=generator, device=where).to(self.head.weight.device)
         return z if self.prior_means is None else z + c @ self.prior_means
+
+
+@contextlib.contextmanager
+def inference(*modules: nn.Module, grad: bool = False):
+    """Eval mode inside (BatchNorm on its running statistics) and, unless `grad`, no autograd; every
+    submodule's own train/eval flag is restored after. The one way the project switches a model to
+    inference and back (`grad=True` where a fresh Q is fitted to a frozen VAE)."""
+    modes = [(module, module.training) for root in modules for module in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def mean_image(logits: torch.Tensor) -> torch.Tensor:

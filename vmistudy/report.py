@@ -20,8 +20,8 @@ from mlflow import MlflowClient
 from PIL import Image
 from scipy import stats
 
-from . import config, study, tracking
-from .cli import fail
+from . import config, layout, tracking
+from .cli import command, load_study
 
 CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
@@ -33,9 +33,9 @@ LABEL_FREE = "mi_lower_bound_categorical"  # the pick that uses no labels: the m
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 
 
-def trial_runs(run: tracking.StudyRun) -> pd.DataFrame:
-    mlflow.set_tracking_uri(run.uri)
-    runs = mlflow.search_runs([run.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{run.parent_run_id}'")
+def _trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
+    mlflow.set_tracking_uri(tracker.uri)
+    runs = mlflow.search_runs([tracker.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{tracker.parent_run_id}'")
     for column in [c for c in runs if c.startswith("params.")]:
         numbers = pd.to_numeric(runs[column], errors="coerce")
         if numbers.notna().all():
@@ -45,15 +45,15 @@ def trial_runs(run: tracking.StudyRun) -> pd.DataFrame:
     return runs
 
 
-def configuration_columns(runs: pd.DataFrame) -> list[str]:
+def _configuration_columns(runs: pd.DataFrame) -> list[str]:
     """Params that differ between runs, other than lambda and seed: what defines a sampled configuration."""
     varying = [c for c in runs if c.startswith("params.") and runs[c].nunique(dropna=False) > 1]
     return [c for c in varying if c not in ("params.mi.lambda_mi", "params.train.seed")]
 
 
-def pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def _pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Each lambda > 0 run beside its lambda = 0 twin (same configuration, same seed), with the differences."""
-    keys = configuration_columns(runs) + ["seed"]
+    keys = _configuration_columns(runs) + ["seed"]
     base = runs[runs.lambda_mi == 0].set_index(keys)
     rows = []
     for _, run in runs[runs.lambda_mi > 0].iterrows():
@@ -70,13 +70,13 @@ def pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(frame: pd.DataFrame) -> str:
+def _markdown(frame: pd.DataFrame) -> str:
     cells = frame.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)).values.tolist()
     return "\n".join(["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns),
                       *("| " + " | ".join(row) + " |" for row in cells)])
 
 
-def mean_ci(values: pd.Series) -> str:
+def _mean_ci(values: pd.Series) -> str:
     """mean +- half-width of the 95% t interval over seeds."""
     values = values.dropna()
     if len(values) < 2:
@@ -85,9 +85,9 @@ def mean_ci(values: pd.Series) -> str:
     return f"{values.mean():.4f} +- {half:.4f} (n={len(values)})"
 
 
-def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Final metrics (the study's and SUMMARY) per configuration and lambda_mi, mean +- std over seeds."""
-    keys = configuration_columns(runs) + ["lambda_mi"]
+    keys = _configuration_columns(runs) + ["lambda_mi"]
     shown = [m for m in dict.fromkeys([metric, *SUMMARY]) if f"metrics.{m}" in runs]
     rows = []
     for key, group in runs.groupby(keys, dropna=False):
@@ -101,7 +101,7 @@ def summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
+def _picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     """Which configuration the study's metric picks and, when that metric reads labels, the label-free pick."""
     mi_models = (table.lambda_mi > 0).any()  # the twins are the comparison, not candidates
     candidates = table[table.lambda_mi > 0] if mi_models else table
@@ -119,7 +119,7 @@ def picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     return lines
 
 
-def curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
+def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,14 +144,14 @@ def curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def artifact(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path | None:
+def _artifact(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path | None:
     try:
         return Path(client.download_artifacts(run_id, f"figures/final/{name}.png", str(folder / run_id)))
     except Exception:  # noqa: BLE001 - a trial stopped early has no final figures
         return None
 
 
-def side_by_side(images: list[Path], path: Path, vertical: bool = False) -> Path:
+def _side_by_side(images: list[Path], path: Path, vertical: bool = False) -> Path:
     opened = [Image.open(p).convert("RGB") for p in images]
     sizes = [im.size for im in opened]
     width = max(w for w, _ in sizes) if vertical else sum(w for w, _ in sizes) + 8 * (len(sizes) - 1)
@@ -164,7 +164,7 @@ def side_by_side(images: list[Path], path: Path, vertical: bool = False) -> Path
     return path
 
 
-def first_row(grid: Path, folder: Path) -> Path:
+def _first_row(grid: Path, folder: Path) -> Path:
     """The first row (Gaussian dim z0) of a traversal_rows grid; its rows are equal squares."""
     image = Image.open(grid)
     columns = 11  # figures.traversal_rows' default steps
@@ -174,81 +174,88 @@ def first_row(grid: Path, folder: Path) -> Path:
     return out
 
 
-def write(spec: config.StudySpec, run: tracking.StudyRun, out: Path) -> Path:
-    client = run.client
-    runs = trial_runs(run)
+def write(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> Path:
+    """Print the best trials, write out/report.md with its figures, and log the folder to the study's run."""
+    runs = _trial_runs(tracker)
     metric = spec.search.metric
+    best = _best_trials(runs, metric, spec.search.mode)
+    print(best.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    out.mkdir(parents=True, exist_ok=True)
+    paired = _pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_prior")
+                          if f"metrics.{m}" in runs])
+    lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
+             "", "## Best trials", "", _markdown(best.head(10)), "",
+             *_summary_section(runs, metric, spec.search.mode), *_pairs_section(paired),
+             *_figures_section(tracker.client, runs, paired, out)]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    tracker.client.log_artifacts(tracker.parent_run_id, str(out), "report")
+    return report
+
+
+def _best_trials(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     shown = [m for m in dict.fromkeys([metric, *SHOWN]) if f"metrics.{m}" in runs]
-    table = runs[["tags.mlflow.runName", "status", "seed", "lambda_mi", *configuration_columns(runs),
+    table = runs[["tags.mlflow.runName", "status", "seed", "lambda_mi", *_configuration_columns(runs),
                   *[f"metrics.{m}" for m in shown]]]
     table = table.rename(columns=lambda c: "trial" if c == "tags.mlflow.runName" else
                          c.split(".", 1)[-1] if c.startswith(("metrics.", "params.")) else c)
-    table = table.sort_values(metric, ascending=spec.search.mode == "min")
-    print(table.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return table.sort_values(metric, ascending=mode == "min")
 
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
-             "", "## Best trials", "", markdown(table.head(10)), ""]
-    means = summary(runs, metric)
-    lines += ["## Mean +- std over seeds, per configuration", "",
-              markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
-              *picks(means, metric, spec.search.mode), ""]
-    paired = pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_prior")
-                          if f"metrics.{m}" in runs])
-    if len(paired):
-        lines += ["## lambda_mi > 0 against its lambda_mi = 0 twin (same seed, same initial weights)", "",
-                  markdown(paired.drop(columns=["run_id", "twin_id"])), ""]
-        for m in [c[:-5] for c in paired if c.endswith(" diff")]:
-            for lam, group in paired.groupby("lambda_mi"):
-                lines.append(f"- lambda {lam:.3g}: {m} difference, mean +- 95% CI over seeds: "
-                             f"{mean_ci(group[f'{m} diff'])}")
-        lines.append("")
+
+def _summary_section(runs: pd.DataFrame, metric: str, mode: str) -> list[str]:
+    means = _summary(runs, metric)
+    return ["## Mean +- std over seeds, per configuration", "",
+            _markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
+            *_picks(means, metric, mode), ""]
+
+
+def _pairs_section(paired: pd.DataFrame) -> list[str]:
+    if not len(paired):
+        return []
+    lines = ["## lambda_mi > 0 against its lambda_mi = 0 twin (same seed, same initial weights)", "",
+             _markdown(paired.drop(columns=["run_id", "twin_id"])), ""]
+    for m in [c[:-5] for c in paired if c.endswith(" diff")]:
+        for lam, group in paired.groupby("lambda_mi"):
+            lines.append(f"- lambda {lam:.3g}: {m} difference, mean +- 95% CI over seeds: "
+                         f"{_mean_ci(group[f'{m} diff'])}")
+    return lines + [""]
+
+
+def _figures_section(client: MlflowClient, runs: pd.DataFrame, paired: pd.DataFrame, out: Path) -> list[str]:
+    """The curves, z0's traversal per lambda and each pair's final figures, downloaded from the runs."""
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         downloads = Path(tmp)
-        if curves(client, runs, out / "curves.png"):
+        if _curves(client, runs, out / "curves.png"):
             lines += ["## Curves (figs. 4.8/4.9)", "", "![curves](curves.png)", ""]
-        rows = [(lam, artifact(client, r["run_id"], "traversal_rows", downloads))
+        rows = [(lam, _artifact(client, r["run_id"], "traversal_rows", downloads))
                 for lam, r in runs.sort_values("lambda_mi").groupby("lambda_mi").first().iterrows()]
-        rows = [first_row(p, downloads) for _, p in rows if p]
+        rows = [_first_row(p, downloads) for _, p in rows if p]
         if rows:
-            side_by_side(rows, out / "lambda_rows.png", vertical=True)
+            _side_by_side(rows, out / "lambda_rows.png", vertical=True)
             lines += ["## z0 over [-5, 5], one row per lambda_mi, ascending (fig. 4.4)", "",
                       "![lambda rows](lambda_rows.png)", ""]
         for i, pair in paired.iterrows():
             for name in ("categorical_swaps", "traversal_pair"):
-                found = [artifact(client, pair[k], name, downloads) for k in ("run_id", "twin_id")]
+                found = [_artifact(client, pair[k], name, downloads) for k in ("run_id", "twin_id")]
                 if all(found):
-                    image = side_by_side(found, out / f"pair-{i}-{name}.png")
+                    image = _side_by_side(found, out / f"pair-{i}-{name}.png")
                     lines += [f"### {pair['run']} (lambda {pair['lambda_mi']:.3g}, left) and its twin "
                               f"{pair['twin']} (right): {name}", "", f"![{name}]({image.name})", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    client.log_artifacts(run.parent_run_id, str(out), "report")
-    return report
+    return lines
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vmistudy.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="the study file the study was run with")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="report folder (default <storage>/<name>/report)")
     args = parser.parse_args(argv)
-    try:
-        spec = config.load(args.study, args.set)
-    except config.ConfigError as e:
-        fail(str(e))
-    if spec.search is None or not spec.tracking.enabled:
-        fail(f"{args.study}: not a tracked study (needs a search section and tracking.enabled)")
-    uri = tracking.tracking_uri(spec, study.storage_path(spec))
-    experiment = MlflowClient(uri).get_experiment_by_name(tracking.experiment_name(spec))
-    if experiment is None:
-        fail(f"name: no MLflow experiment {tracking.experiment_name(spec)} at {uri}; run the study first")
-    parents = MlflowClient(uri).search_runs([experiment.experiment_id], f"tags.`{tracking.ROLE_TAG}` = 'study'")
-    if not parents:
-        fail(f"name: the experiment {experiment.name} has no study run")
-    run = tracking.StudyRun(uri, experiment.experiment_id, parents[0].info.run_id)
-    out = args.out or Path(study.experiment_path(spec)) / "report"
-    print(f"report: {write(spec, run, out)}")
+    spec = load_study(args.study, args.set, service=True)
+    tracker = tracking.find_study(spec, layout.storage_path(spec))
+    out = args.out or Path(layout.experiment_path(spec)) / "report"
+    print(f"report: {write(spec, tracker, out)}")
 
 
 if __name__ == "__main__":

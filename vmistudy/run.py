@@ -11,22 +11,20 @@ Exit status: 0 when every trial ended well, 1 when some trial errored (listed), 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.fs
 from ray import tune
 
-from . import config, study, tracking
-from .cli import fail
+from . import config, layout, study, tracking
+from .cli import command, load_study
+from .errors import InputError
 
-SPEC_FILE = "vmistudy-spec.json"
 MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "train.device", "search.max_failures"}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vmistudy.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="study file (YAML) with a search section")
     parser.add_argument("--resume", action="store_true", help="continue the study where it stopped")
@@ -36,67 +34,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    spec = checked_study(args)
-    storage = study.storage_path(spec)
-    tracked = tracking.start_study(spec, Path(args.study), storage) if spec.tracking.enabled else None
+    args = _parse_args(argv)
+    spec = load_study(args.study, args.set, service=True)
+    check_start(spec, args.resume)
+    tracker = tracking.start_study(spec, Path(args.study), layout.storage_path(spec))
     study.connect(args.address)
     if args.resume:
-        tuner = study.restore(spec, tracked)
+        tuner = study.restore(spec, tracker)
     else:
-        write_spec(spec, study.experiment_path(spec))
-        tuner = study.tuner(spec, tracked)
+        layout.write_spec(spec)
+        tuner = study.tuner(spec, tracker)
     results = tuner.fit()
-    status = summarize(results, spec, " ".join([args.study, *(f"--set {item}" for item in args.set)]))
-    if tracked:
-        tracking.finish_study(tracked, summary_metrics(results, spec), failed=status != 0)
-        print(f"mlflow:  mlflow ui --backend-store-uri {tracked.uri} --host 127.0.0.1 --port 5000"
-              f"  (experiment {tracking.experiment_name(spec)})")
+    status = _summarize(results, spec, " ".join([args.study, *(f"--set {item}" for item in args.set)]))
+    tracker.finish(_summary_metrics(results, spec), failed=status != 0)
+    print(tracker.describe(spec))
     sys.exit(status)
 
 
-def checked_study(args: argparse.Namespace) -> config.StudySpec:
-    """The validated study; bad input, a missing study to resume or one that would be started over exit 2."""
-    try:
-        spec = config.load(args.study, args.set)
-    except config.ConfigError as e:
-        fail(str(e))
-    if spec.search is None:
-        fail(f"{args.study}: search: required for a study (to train one model: python -m vmistudy.train)")
-    path = study.experiment_path(spec)
+def check_start(spec: config.StudySpec, resume: bool) -> None:
+    """A new study must not exist yet; a resumed one must exist and be the study that was started."""
+    path = layout.experiment_path(spec)
     exists = tune.Tuner.can_restore(path)
-    if args.resume and not exists:
-        fail(f"--resume: no study named {spec.name} in {study.storage_path(spec)}")
-    if exists and not args.resume:
-        fail(f"name: a study named {spec.name} already exists in {path}; continue it with --resume, "
-             f"or start another with --set name=NEW")
-    if args.resume:
-        check_unchanged(spec, path)
-    return spec
-
-
-def write_spec(spec: config.StudySpec, path: str) -> None:
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
-        f.write(spec.model_dump_json(indent=2).encode())
-
-
-def check_unchanged(spec: config.StudySpec, path: str) -> None:
-    """A resumed study must be the study that was started: refuse a changed study file, naming the field."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    try:
-        with fs.open_input_stream(f"{root}/{SPEC_FILE}") as f:
-            saved = config.validate(json.loads(f.read()), source=f"{path}/{SPEC_FILE}")
-    except FileNotFoundError:
-        return
-    change = config.first_change(saved, spec, MAY_CHANGE_ON_RESUME)
+    if resume and not exists:
+        raise InputError(f"--resume: no study named {spec.name} in {layout.storage_path(spec)}")
+    if exists and not resume:
+        raise InputError(f"name: a study named {spec.name} already exists in {path}; continue it with --resume, "
+                         f"or start another with --set name=NEW")
+    saved = layout.saved_spec(spec) if resume else None  # None too for a study that predates the saved spec
+    change = config.first_change(saved, spec, MAY_CHANGE_ON_RESUME) if saved else None
     if change:
-        fail(f"--resume: {change} of {spec.name}")
+        raise InputError(f"--resume: {change} of {spec.name}")
 
 
-def summarize(results: tune.ResultGrid, spec: config.StudySpec, command: str) -> int:
+def _summarize(results: tune.ResultGrid, spec: config.StudySpec, invocation: str) -> int:
     """Print the best trials and the errored ones; return the exit status."""
     search = spec.search
     rows = []
@@ -115,11 +87,11 @@ def summarize(results: tune.ResultGrid, spec: config.StudySpec, command: str) ->
         if result.error:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
-    print(f"\nresults: {study.experiment_path(spec)}\nresume:  python -m vmistudy.run {command} --resume")
+    print(f"\nresults: {layout.experiment_path(spec)}\nresume:  python -m vmistudy.run {invocation} --resume")
     return 1 if results.errors else 0
 
 
-def summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:
+def _summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:
     search = spec.search
     values = [r.metrics[search.metric] for r in results if r.metrics and search.metric in r.metrics]
     summary = {"trials": len(results), "errored_trials": len(results.errors)}

@@ -3,7 +3,8 @@
 Every algorithm runs through OptunaSearch with a define-by-run space (TPE, random or grid sampler),
 wrapped by `Replicates`, which turns each sampled configuration into `replicates` seeds and, with
 `paired_baseline`, a lambda_mi = 0 twin of each seed (same seed, so same initial weights). Twins are
-spared by ASHA and do not count toward the score the searcher sees.
+spared by ASHA and do not count toward the score the searcher sees. Trials log to MLflow through
+tracking.py's trackers; the driver-side `EndTrialRuns` callback ends their runs (the Tune side of the bridge).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from . import data as datasets
 from . import figures
 from .config import SUBSET_PATH, SearchSpec, StudySpec, validate
-from .tracking import RunStatus, StudyRun, TrialRun
-from .trainer import Trainer, load_checkpoint, save_checkpoint
+from .layout import experiment_path, storage_path
+from .tracking import NullStudyTracker, StudyTracker, TrialTracker
+from .trainer import Epoch, Trainer, load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -99,7 +101,7 @@ class SparingASHA(AsyncHyperBandScheduler):
             super().on_trial_complete(tune_controller, trial, result)
 
 
-def search_algorithm(spec: StudySpec) -> Replicates:
+def _search_algorithm(spec: StudySpec) -> Replicates:
     search = spec.search
     sampler = {"optuna": lambda: optuna.samplers.TPESampler(seed=search.seed),
                "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
@@ -110,7 +112,7 @@ def search_algorithm(spec: StudySpec) -> Replicates:
     return Replicates(searcher, search)
 
 
-def scheduler(spec: StudySpec) -> TrialScheduler:
+def _scheduler(spec: StudySpec) -> TrialScheduler:
     search = spec.search
     if search.scheduler.name == "none":
         return FIFOScheduler()
@@ -119,15 +121,15 @@ def scheduler(spec: StudySpec) -> TrialScheduler:
                        reduction_factor=search.scheduler.reduction_factor)
 
 
-def trial_spec(study: StudySpec, config: dict) -> StudySpec:
+def trial_spec(spec: StudySpec, config: dict) -> StudySpec:
     """The study's spec with one trial's sampled values, seed offset and twin rule applied."""
-    raw = study.model_dump()
+    raw = spec.model_dump()
     raw["search"] = None
     for path, value in config.items():
         if path == TRIAL_INDEX:
             continue
         if path == SUBSET_PATH:
-            raw["mi"].update(study.search.subsets[value].model_dump())
+            raw["mi"].update(spec.search.subsets[value].model_dump())
             continue
         *parents, leaf = path.split(".")
         node = raw
@@ -135,93 +137,91 @@ def trial_spec(study: StudySpec, config: dict) -> StudySpec:
             node = node[part]
         node[leaf] = value
     index = config.get(TRIAL_INDEX, 0)
-    replicate = index // 2 if study.search.paired_baseline else index
-    raw["train"]["seed"] = study.train.seed + replicate
-    if is_twin(config, study.search):
+    replicate = index // 2 if spec.search.paired_baseline else index
+    raw["train"]["seed"] = spec.train.seed + replicate
+    if is_twin(config, spec.search):
         raw["mi"]["lambda_mi"] = 0.0
     return validate(raw, source="trial")
 
 
-def trainable(config: dict, study: dict, tracking: StudyRun | None) -> None:
+def _trainable(config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> None:
     """One Tune trial: resume from Tune's checkpoint if any, then report metrics and a checkpoint per epoch."""
-    spec = trial_spec(StudySpec.model_validate(study), config)
-    torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    trainer = Trainer(spec, datasets.load(spec.data))
+    spec = trial_spec(StudySpec.model_validate(spec_dump), config)
+    torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
+    trainer = Trainer(spec.recipe, datasets.load(spec.data))
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder) / CHECKPOINT))
     node = ray.get_runtime_context().get_node_id()
     context = tune.get_context()
-    run = TrialRun(tracking, context.get_trial_id(), context.get_trial_name(), spec, node) if tracking else None
-    while trainer.epoch < spec.train.epochs:
-        metrics = trainer.train_epoch()
-        if run:
-            record(run, trainer, metrics)
+    run = tracker.trial(context.get_trial_id(), context.get_trial_name(), spec, node)
+    for epoch in trainer.epochs(figures_every=spec.tracking.figures_every):
+        _record(run, trainer, epoch, spec)
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(trainer.state_dict(), Path(folder) / CHECKPOINT)
-            tune.report({**metrics, "seed": spec.train.seed, "lambda_mi": spec.mi.lambda_mi, "node_id": node},
+            tune.report({**epoch.metrics, "seed": spec.train.seed, "lambda_mi": spec.mi.lambda_mi, "node_id": node},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def record(run: TrialRun, trainer: Trainer, metrics: dict) -> None:
-    """Log an epoch to MLflow; figures every N epochs; at the last epoch the final figures and the model.
+def _record(run: TrialTracker, trainer: Trainer, epoch: Epoch, spec: StudySpec) -> None:
+    """Log an epoch to MLflow, its figures when due, and the final model.
 
     All of it before `tune.report`: a scheduler may stop the trial inside that call, the last one included.
     """
-    run.log_epoch(metrics)
-    tracking, epoch = trainer.spec.tracking, trainer.epoch
-    final = epoch == trainer.spec.train.epochs
-    if final or (tracking.figures_every and epoch % tracking.figures_every == 0):
-        with tempfile.TemporaryDirectory() as folder:
-            paths = figures.thesis_figures(trainer.vae, trainer.spec, trainer.data, Path(folder))
-            run.log_figures(paths, "figures/final" if final else f"figures/epoch_{epoch:03d}")
-    if final and tracking.log_model:
+    run.log_epoch(epoch.metrics)
+    if epoch.figures:
+        run.log_figures(lambda folder: figures.thesis_figures(trainer.vae, spec.mi, trainer.data, folder),
+                        epoch.number, epoch.last)
+    if epoch.last and spec.tracking.log_model:
         run.log_model(trainer.vae)
 
 
-def storage_path(spec: StudySpec) -> str:
-    """Tune needs an absolute path or a URI."""
-    storage = spec.search.storage
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+class EndTrialRuns(tune.Callback):
+    """Driver side: end each trial's MLflow run FINISHED (ASHA-stopped trials included) or FAILED."""
+
+    def __init__(self, tracker: StudyTracker | NullStudyTracker):
+        self.tracker = tracker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial.trial_id, "FAILED")
 
 
-def experiment_path(spec: StudySpec) -> str:
-    return f"{storage_path(spec).rstrip('/')}/{spec.name}"
-
-
-def short_name(trial) -> str:
+def _short_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def bound_trainable(spec: StudySpec, tracking: StudyRun | None):
+def _bound_trainable(spec: StudySpec, tracker: StudyTracker | NullStudyTracker):
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(trainable, study=spec.model_dump(), tracking=tracking),
+    return tune.with_resources(tune.with_parameters(_trainable, spec_dump=spec.model_dump(), tracker=tracker),
                                resources)
 
 
-def tuner(spec: StudySpec, tracking: StudyRun | None) -> tune.Tuner:
+def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker) -> tune.Tuner:
     search = spec.search
     return tune.Tuner(
-        bound_trainable(spec, tracking),
+        _bound_trainable(spec, tracker),
         tune_config=tune.TuneConfig(
-            search_alg=search_algorithm(spec), scheduler=scheduler(spec),
+            search_alg=_search_algorithm(spec), scheduler=_scheduler(spec),
             num_samples=configurations(search) * trials_per_configuration(search),
             max_concurrent_trials=search.max_concurrent, reuse_actors=search.reuse_actors,
-            trial_name_creator=short_name, trial_dirname_creator=short_name),
+            trial_name_creator=_short_name, trial_dirname_creator=_short_name),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path(spec),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # Tune saves the experiment state after every num_to_keep checkpoints of a trial; with 1, a
             # study killed at any point resumes each trial from the last epoch it recorded, not one before
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
-            callbacks=[RunStatus(tracking)] if tracking else None),
+            callbacks=[EndTrialRuns(tracker)]),
     )
 
 
-def restore(spec: StudySpec, tracking: StudyRun | None) -> tune.Tuner:
+def restore(spec: StudySpec, tracker: StudyTracker | NullStudyTracker) -> tune.Tuner:
     """Continue a stopped study: searcher state, trial count, unfinished and errored trials from checkpoints."""
-    return tune.Tuner.restore(experiment_path(spec), bound_trainable(spec, tracking),
+    return tune.Tuner.restore(experiment_path(spec), _bound_trainable(spec, tracker),
                               resume_unfinished=True, resume_errored=True)
 
 

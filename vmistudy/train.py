@@ -14,15 +14,18 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from . import config, data
-from .cli import ProgressBar, fail
+from .cli import ProgressBar, command, load_study
+from .errors import InputError
 from .trainer import Trainer, load_checkpoint, save_checkpoint
 
 CHECKPOINT, MODEL, METRICS = "checkpoint.pt", "model.pt", "metrics.jsonl"
 MAY_CHANGE_ON_RESUME = {"train.epochs", "train.threads", "train.device"}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vmistudy.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="study file (YAML)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -32,55 +35,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        spec = config.load(args.study, args.set)
-    except config.ConfigError as e:
-        fail(str(e))
+    args = _parse_args(argv)
+    spec = load_study(args.study, args.set)
+    recipe = spec.recipe
     out = args.resume or args.out or Path("runs") / spec.name
-    state = resume_state(out, spec) if args.resume else None
+    state = resume_state(out, recipe) if args.resume else None
     if state is None and out.exists() and any(out.iterdir()):
-        fail(f"--out {out}: is not empty; continue a run there with --resume {out} or choose another --out")
-    try:
-        images = data.load(spec.data)
-    except (OSError, RuntimeError, ValueError) as e:
-        fail(f"data: cannot load {spec.data.name}: {e}")
-
-    trainer = Trainer(spec, images)
+        raise InputError(f"--out {out}: is not empty; continue a run there with --resume {out} "
+                         "or choose another --out")
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    trainer = Trainer(recipe, data.load(recipe.data))
     if state:
         trainer.load_state_dict(state)
     out.mkdir(parents=True, exist_ok=True)
-    write_history(out / METRICS, trainer.history)
-    if spec.mi.fresh_q_steps:
-        print(f"after epoch {spec.train.epochs}: a fresh Q is fitted for {spec.mi.fresh_q_steps} steps "
-              f"(mi.fresh_q_steps, thesis eq. 4.8)", file=sys.stderr, flush=True)
-    for epoch in range(trainer.epoch + 1, spec.train.epochs + 1):
-        metrics = trainer.train_epoch(ProgressBar(epoch, spec.train.epochs))
+    _write_history(out / METRICS, trainer.history)
+    for epoch in trainer.epochs(progress=lambda number: ProgressBar(number, recipe.train.epochs),
+                                notify=lambda line: print(line, file=sys.stderr, flush=True)):
         save_checkpoint(trainer.state_dict(), out / CHECKPOINT)
-        line = json.dumps(metrics)
+        line = json.dumps(epoch.metrics)
         with open(out / METRICS, "a") as f:
             f.write(line + "\n")
         print(line, flush=True)
-    save_checkpoint({"spec": spec.model_dump(), "vae": trainer.vae.state_dict(), "epoch": trainer.epoch},
+    save_checkpoint({"spec": recipe.model_dump(), "vae": trainer.vae.state_dict(), "epoch": trainer.epoch},
                     out / MODEL)
     print(f"model: {out / MODEL}", flush=True)
 
 
-def resume_state(out: Path, spec: config.StudySpec) -> dict:
+def resume_state(out: Path, recipe: config.Recipe) -> dict:
+    """The checkpoint in `out`, if it belongs to this recipe (up to MAY_CHANGE_ON_RESUME) and can be extended."""
     if not (out / CHECKPOINT).exists():
-        fail(f"--resume {out}: no {CHECKPOINT} there")
+        raise InputError(f"--resume {out}: no {CHECKPOINT} there")
     state = load_checkpoint(out / CHECKPOINT)
-    change = config.first_change(config.validate(state["spec"], source=str(out / CHECKPOINT)), spec,
-                                 MAY_CHANGE_ON_RESUME)
+    saved = config.validate(state["spec"], source=str(out / CHECKPOINT)).recipe
+    change = config.first_change(saved, recipe, MAY_CHANGE_ON_RESUME)
     if change:
-        fail(f"--resume {out}: {change}")
-    if spec.train.epochs < state["epoch"]:
-        fail(f"train.epochs: {spec.train.epochs} is below the {state['epoch']} epochs the checkpoint has done")
+        raise InputError(f"--resume {out}: {change}")
+    if recipe.train.epochs < state["epoch"]:
+        raise InputError(f"train.epochs: {recipe.train.epochs} is below the {state['epoch']} epochs the "
+                         "checkpoint has done")
     return state
 
 
-def write_history(path: Path, history: list[dict]) -> None:
+def _write_history(path: Path, history: list[dict]) -> None:
     """metrics.jsonl = the checkpoint's history, so lines written after the last checkpoint are not repeated."""
     path.write_text("".join(json.dumps(m) + "\n" for m in history))
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from . import data as datasets
-from .config import StudySpec
+from .config import Recipe
 from .metrics import accuracy_majority, cluster_scores, frozen_mi
-from .networks import VAE, QNetwork, mean_image
+from .networks import VAE, QNetwork, inference, mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
 
 EVAL_BATCH = 1000
 EVAL_SEED = 2024  # evaluation draws are the same at every epoch: a metric is a function of the weights
+
+Progress = Callable[[int, int], None]  # called with (batches done, batches in the epoch)
 
 
 class DivergenceError(RuntimeError):
@@ -40,18 +43,18 @@ def seeds(seed: int) -> dict[str, int]:
     return dict(zip(("vae_init", "q_init", "data", "sampling"), map(int, states)))
 
 
-def build_vae(spec: StudySpec, shape) -> VAE:
+def build_vae(recipe: Recipe, shape) -> VAE:
     """The VAE depends only on the model spec and the seed: same seed, same initial weights, whatever lambda."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeds(spec.train.seed)["vae_init"])
-        return VAE(spec.model, shape)
+        torch.manual_seed(seeds(recipe.train.seed)["vae_init"])
+        return VAE(recipe.model, shape)
 
 
-def build_q(spec: StudySpec, shape) -> QNetwork:
+def build_q(recipe: Recipe, shape) -> QNetwork:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeds(spec.train.seed)["q_init"])
-        return QNetwork(spec.model.backbone, shape, spec.model.hidden, len(spec.mi.gaussian),
-                        spec.model.categories if spec.mi.categorical else 0)
+        torch.manual_seed(seeds(recipe.train.seed)["q_init"])
+        return QNetwork(recipe.model.backbone, shape, recipe.model.hidden, len(recipe.mi.gaussian),
+                        recipe.model.categories if recipe.mi.categorical else 0)
 
 
 def pick_device(name: str) -> torch.device:
@@ -60,24 +63,39 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class Epoch:
+    """What one finished epoch hands its driver: the metrics, and what this epoch is for the loop's end."""
+    number: int
+    metrics: dict[str, float]
+    last: bool  # the run's last epoch: its metrics hold the frozen MI bounds; its figures and model are final
+    figures: bool  # figures are due: every figures_every epochs, and at the last
+
+
 class Trainer:
-    def __init__(self, spec: StudySpec, data: datasets.ImageData):
-        self.spec = spec
-        self.device = pick_device(spec.train.device)
-        if spec.train.threads:
-            torch.set_num_threads(spec.train.threads)
+    """One model trained with Algorithm 1 (the module docstring), epoch by epoch, with resumable state.
+
+    recipe: the data, model, train and MI sections of a validated study (`StudySpec.recipe`); the trainer
+        reads nothing else, and sets no process-wide state (torch threads are the driver's).
+    data: the images and labels (`data.load(recipe.data)`), moved to the trainer's device; labels are read
+        only to score the clusters.
+    """
+
+    def __init__(self, recipe: Recipe, data: datasets.ImageData):
+        self.recipe = recipe
+        self.device = pick_device(recipe.train.device)
         self.data = data.to(self.device)
         shape = data.image_shape
-        self.memory_format = (torch.channels_last if spec.model.backbone == "conv" and spec.model.channels_last
+        self.memory_format = (torch.channels_last if recipe.model.backbone == "conv" and recipe.model.channels_last
                               else torch.contiguous_format)
-        self.vae = build_vae(spec, shape).to(self.device, memory_format=self.memory_format)
-        self.q = build_q(spec, shape).to(self.device, memory_format=self.memory_format)
+        self.vae = build_vae(recipe, shape).to(self.device, memory_format=self.memory_format)
+        self.q = build_q(recipe, shape).to(self.device, memory_format=self.memory_format)
         self.vae_parameters = list(self.vae.parameters())
         # fused: Adam's update in one pass over each parameter (CPU and CUDA), 4x faster than the
         # per-tensor default on the conv model's 10M parameters; the same algorithm, up to rounding
-        self.vae_opt = torch.optim.Adam(self.vae_parameters, lr=spec.train.lr, fused=True)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=spec.train.q_lr, fused=True)
-        s = seeds(spec.train.seed)
+        self.vae_opt = torch.optim.Adam(self.vae_parameters, lr=recipe.train.lr, fused=True)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=recipe.train.q_lr, fused=True)
+        s = seeds(recipe.train.seed)
         self.data_rng = torch.Generator().manual_seed(s["data"])
         self.sample_rng = torch.Generator(self.device).manual_seed(s["sampling"])
         self.step = 0
@@ -89,18 +107,18 @@ class Trainer:
 
     @property
     def temperature(self) -> float:
-        return temperature(self.step, self.spec.train.temperature)
+        return temperature(self.step, self.recipe.train.temperature)
 
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 on one minibatch; returns [VAE loss, MI bound] as a detached tensor."""
-        spec = self.spec
+        recipe = self.recipe
         out = self.vae(x, self.temperature, self.sample_rng)
         x_tilde = mean_image(out.logits)
-        z_hat, c_hat = mi_targets(out, spec.mi)
-        entropies = target_entropy(spec.mi, out.posterior.categorical.probs if out.posterior.categorical else None)
+        z_hat, c_hat = mi_targets(out, recipe.mi)
+        entropies = target_entropy(recipe.mi, out.posterior.categorical.probs if out.posterior.categorical else None)
 
         detached = [t.detach() if t is not None else None for t in (x_tilde, z_hat, c_hat)]
-        terms = elbo_terms(out, x, spec.model)
+        terms = elbo_terms(out, x, recipe.model)
         log_q = self.q.log_prob(*detached)
         self._check_finite({"recon": terms.recon, "kl_continuous": terms.kl_continuous,
                             "kl_categorical": terms.kl_categorical, **{f"log_q_{p}": v for p, v in log_q.items()}})
@@ -109,11 +127,11 @@ class Trainer:
         q_loss.backward()
         self.q_opt.step()
 
-        loss = terms.loss(spec.train, self.step)
-        if spec.mi.lambda_mi > 0:
+        loss = terms.loss(recipe.train, self.step)
+        if recipe.mi.lambda_mi > 0:
             mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
             self._check_finite({"mi_lower_bound": mi})
-            loss = loss - spec.mi.lambda_mi * mi
+            loss = loss - recipe.mi.lambda_mi * mi
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward(inputs=self.vae_parameters)
         self.vae_opt.step()
@@ -128,12 +146,31 @@ class Trainer:
             bad = next(name for name, s in zip(terms, sums) if not torch.isfinite(s))
             raise DivergenceError(self.step + 1, bad)
 
-    def train_epoch(self, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    def epochs(self, figures_every: int = 0, progress: Callable[[int], Progress] | None = None,
+               notify: Callable[[str], None] | None = None) -> Iterator[Epoch]:
+        """Train from the current epoch to train.epochs, yielding each finished epoch: every driver's loop.
+
+        The one place that decides what the run's end adds: after the last epoch, the bounds of a fresh Q on
+        the frozen VAE (mi.fresh_q_steps, announced first through `notify` since they take a while) join its
+        metrics, and its figures and model are the final ones. `progress(epoch)` gives a per-batch callback.
+        """
+        fresh_q_steps, epochs = self.recipe.mi.fresh_q_steps, self.recipe.train.epochs
+        if fresh_q_steps and notify and self.epoch < epochs:
+            notify(f"after epoch {epochs}: a fresh Q is fitted for {fresh_q_steps} steps "
+                   "(mi.fresh_q_steps, thesis eq. 4.8)")
+        while self.epoch < epochs:
+            metrics = self.train_epoch(progress(self.epoch + 1) if progress else None)
+            last = self.epoch == epochs
+            if last and fresh_q_steps:
+                metrics.update(self.frozen_mi_lower_bounds())  # the history's entry too: checkpoints keep them
+            yield Epoch(self.epoch, metrics, last, last or bool(figures_every) and self.epoch % figures_every == 0)
+
+    def train_epoch(self, progress: Progress | None = None) -> dict[str, float]:
         """One pass over the training set, then the test-split metrics; returns and records them."""
         self.vae.train()
         self.q.train()
         images = self.data.train_images
-        batches = list(datasets.batch_indices(len(images), self.spec.train.batch_size, self.data_rng))
+        batches = list(datasets.batch_indices(len(images), self.recipe.train.batch_size, self.data_rng))
         totals = torch.zeros(2, device=self.device)
         start = time.perf_counter()
         for i, index in enumerate(batches):
@@ -147,16 +184,11 @@ class Trainer:
         metrics = {"epoch": self.epoch, "step": self.step, "temperature": self.temperature,
                    "train_loss": train_loss, "train_mi_lower_bound": train_mi,
                    "images_per_second": len(images) / seconds, **self.evaluate()}
-        if self.epoch == self.spec.train.epochs and self.spec.mi.fresh_q_steps:
-            metrics.update(self.frozen_mi_lower_bounds())
         self.history.append(metrics)
         return metrics
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Test-split metrics, per image, nats; accuracy/NMI of argmax q(c|x) against the labels."""
-        self.vae.eval()
-        self.q.eval()
         rng = torch.Generator(self.device).manual_seed(EVAL_SEED)
         sums: dict[str, torch.Tensor] = {}
         probs, n = [], len(self.data.test_images)
@@ -164,28 +196,28 @@ class Trainer:
         def add(name: str, value: torch.Tensor) -> None:
             sums[name] = sums.get(name, 0) + value.sum(0)
 
-        for images in self.data.test_images.split(EVAL_BATCH):
-            x = self.images(images)
-            out = self.vae(x, self.temperature, rng)
-            terms = elbo_terms(out, x, self.spec.model)
-            for name in ("recon", "kl_continuous", "kl_categorical", "elbo"):
-                add(name, getattr(terms, name))
-            if terms.kl_per_dim is not None:
-                add("kl_per_dim", terms.kl_per_dim)
-            for part, log_q in self.q.log_prob(mean_image(out.logits), *mi_targets(out, self.spec.mi)).items():
-                add(f"log_q_{part}", log_q)
-            if out.posterior.categorical:
-                probs.append(out.posterior.categorical.probs)
-        purity = {"accuracy_majority_train": self.train_purity()} if probs else {}
-        self.vae.train()
-        self.q.train()
+        with inference(self.vae, self.q):
+            for images in self.data.test_images.split(EVAL_BATCH):
+                x = self.images(images)
+                out = self.vae(x, self.temperature, rng)
+                terms = elbo_terms(out, x, self.recipe.model)
+                for name in ("recon", "kl_continuous", "kl_categorical", "elbo"):
+                    add(name, getattr(terms, name))
+                if terms.kl_per_dim is not None:
+                    add("kl_per_dim", terms.kl_per_dim)
+                targets = mi_targets(out, self.recipe.mi)
+                for part, log_q in self.q.log_prob(mean_image(out.logits), *targets).items():
+                    add(f"log_q_{part}", log_q)
+                if out.posterior.categorical:
+                    probs.append(out.posterior.categorical.probs)
+            purity = {"accuracy_majority_train": self.train_purity()} if probs else {}
 
         means = {k: v / n for k, v in sums.items()}
         metrics = {k: v.item() for k, v in means.items() if k != "kl_per_dim" and not k.startswith("log_q_")}
         if "kl_per_dim" in means:
             metrics.update({f"kl_z{i}": v for i, v in enumerate(means["kl_per_dim"].tolist())})
         probs = torch.cat(probs) if probs else None
-        entropies = target_entropy(self.spec.mi, probs)
+        entropies = target_entropy(self.recipe.mi, probs)
         bounds = {f"mi_lower_bound_{p}": means[f"log_q_{p}"].item() + float(h) for p, h in entropies.items()}
         metrics.update(bounds, mi_lower_bound=sum(bounds.values()))
         if probs is not None:
@@ -198,8 +230,8 @@ class Trainer:
         The Q trained alongside the VAE lags it at every step; a fresh one, fitted to convergence, does not.
         """
         shape = self.data.image_shape
-        results = frozen_mi(self.vae, self.spec.mi, self.data, lambda: build_q(self.spec, shape).to(self.device),
-                            self.spec.mi.fresh_q_steps)
+        results = frozen_mi(self.vae, self.recipe.mi, self.data,
+                            lambda: build_q(self.recipe, shape).to(self.device), self.recipe.mi.fresh_q_steps)
         return {f"frozen_mi_lower_bound_{path}": results[path]["mi_lower_bound"] for path in ("encoder", "prior")}
 
     def train_purity(self) -> float:
@@ -209,7 +241,7 @@ class Trainer:
         return accuracy_majority(self.data.train_labels.cpu().numpy(), clusters.cpu().numpy())
 
     def state_dict(self) -> dict:
-        return {"spec": self.spec.model_dump(), "step": self.step, "epoch": self.epoch, "history": self.history,
+        return {"spec": self.recipe.model_dump(), "step": self.step, "epoch": self.epoch, "history": self.history,
                 "vae": self.vae.state_dict(), "q": self.q.state_dict(),
                 "vae_opt": self.vae_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
                 "data_rng": self.data_rng.get_state(), "sample_rng": self.sample_rng.get_state()}

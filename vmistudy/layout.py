@@ -1,0 +1,46 @@
+"""Where a study lives: its storage root, its experiment folder and the spec it was started with.
+
+Local paths and URIs (s3://, gs://, through pyarrow's file systems); no framework is imported here, so
+the run command, the Tune adapter and the report all take the layout from one place.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs
+
+from .config import StudySpec, validate
+from .errors import InputError
+
+SPEC_FILE = "vmistudy-spec.json"
+
+
+def storage_path(spec: StudySpec) -> str:
+    """search.storage as Tune needs it: an absolute path or a URI."""
+    storage = spec.search.storage
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def experiment_path(spec: StudySpec) -> str:
+    return f"{storage_path(spec).rstrip('/')}/{spec.name}"
+
+
+def write_spec(spec: StudySpec) -> None:
+    """Keep the spec a study starts with in its folder, so that --resume can refuse a changed one."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec))
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{SPEC_FILE}") as f:
+        f.write(spec.model_dump_json(indent=2).encode())
+
+
+def saved_spec(spec: StudySpec) -> StudySpec | None:
+    """The spec the study named by `spec` was started with; None for a study that predates the file."""
+    path = experiment_path(spec)
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    try:
+        with fs.open_input_stream(f"{root}/{SPEC_FILE}") as f:
+            raw = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    return validate(raw, source=f"{path}/{SPEC_FILE}")
