@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from conftest import PYTHON, REPO
+from vmistudy.layout import TRIAL_STATE
 
 TOKEN = secrets.token_hex(16)
 
@@ -76,6 +77,13 @@ def results(experiment: Path) -> dict[str, list[dict]]:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         out[path.parent.name] = lines
     return out
+
+
+def saved_epochs(experiment: Path) -> dict[str, int]:
+    """The epoch of each trial's saved resume state (layout.TRIAL_STATE), by trial folder."""
+    import torch
+
+    return {p.parent.name: torch.load(p, weights_only=True)["epoch"] for p in experiment.glob(f"*/{TRIAL_STATE}")}
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

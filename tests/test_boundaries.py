@@ -18,8 +18,8 @@ LAYERS = {
     "errors": CORE | {"torch", "pyarrow"}, "config": CORE | {"torch"}, "cli": CORE | {"torch"},
     "data": CORE, "latents": CORE, "networks": CORE, "objective": CORE, "metrics": CORE, "figures": CORE,
     "trainer": CORE, "train": CORE, "evaluate": CORE,
-    # the study's on-disk layout: no framework at all
-    "layout": CORE | {"torch"},
+    # the study's on-disk layout and the learning-curve tables: no framework at all
+    "layout": CORE | {"torch"}, "replay": CORE | {"torch"},
     # the MLflow adapter and what reads through it
     "tracking": READERS, "report": READERS,
     # the Ray Tune side: may use everything

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import PYTHON, REPO, make_spec, run_cli, write_study
 from ray_support import ray_env, start, stop_group, tiny_study, wait_for
-from vmistudy import config, layout, study
+from vmistudy import config, layout
 from vmistudy.errors import InputError
 
 

@@ -7,13 +7,15 @@ import signal
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from conftest import REPO, make_spec, run_cli
-from ray_support import results, run_study, start, stop_group, tiny_study, wait_for
+from ray_support import results, run_study, saved_epochs, start, stop_group, tiny_study, wait_for
 from vmistudy import config, run, study
 from vmistudy.config import SUBSET_PATH
 from vmistudy.errors import InputError
+from vmistudy.tracking import TRIAL_TAG
 
 SEARCH = {"metric": "accuracy_hungarian", "replicates": 2, "paired_baseline": True,
           "subsets": {"cat": {"categorical": True}, "cat+z01": {"categorical": True, "gaussian": [0, 1]}},
@@ -90,23 +92,32 @@ def test_driver_sigkill_then_resume_finishes_every_trial_without_restarting(tmp_
     experiment = tmp_path / "results" / "tiny"
     driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log")
     try:
-        wait_for(lambda: any(len(h) >= 2 for h in results(experiment).values()), 300,
-                 "a trial with a checkpoint", driver)
+        wait_for(lambda: max(saved_epochs(experiment).values(), default=0) >= 2, 300,
+                 "a trial with a saved state", driver)
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: Ray's own processes are left as a crash leaves them
         driver.wait()
     finally:
         stop_group(driver.pid)
-    before = results(experiment)
-    assert sum(len(h) == 5 for h in before.values()) < 4, "the study was killed mid-way"
+    before, saved = results(experiment), saved_epochs(experiment)
+    assert sum(epoch == 5 for epoch in saved.values()) < 4, "the study was killed mid-way"
 
     code, log = run_study(spec, "--resume", log=tmp_path / "resume.log")
     assert code == 0, log[-3000:]
     after = results(experiment)
     assert len(after) == 4
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
     for name, history in after.items():
         epochs = [r["epoch"] for r in history]
-        assert epochs == [1, 2, 3, 4, 5], f"{name} repeated or skipped epochs: {epochs}"
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 5, f"{name} repeated epochs: {epochs}"
         assert history[:len(before.get(name, []))] == before.get(name, [])
+        second_life = epochs[len(before.get(name, [])):]
+        if name in saved:  # it went on from its saved state (a trial saved at its last epoch reports that again)
+            assert second_life[0] == min(saved[name] + 1, 5), (name, saved[name], second_life)
+        # MLflow holds every epoch once: a resumed trial went on from its saved state, it did not start over
+        (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                    f"tags.`{TRIAL_TAG}` = '{history[0]['trial_id']}'")
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "accuracy_hungarian"))
+        assert steps == [1, 2, 3, 4, 5] and run.info.status == "FINISHED", (name, steps, run.info.status)
 
 
 @pytest.mark.ray

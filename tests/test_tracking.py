@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from conftest import PYTHON
-from ray_support import results, run_study, start, stop_group, tiny_study
+from ray_support import results, run_study, saved_epochs, start, stop_group, tiny_study
 from vmistudy.tracking import ROLE_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.ray
@@ -27,7 +27,11 @@ def child_runs(client: MlflowClient, experiment: str) -> list:
 
 
 def assert_runs_match_trials(client: MlflowClient, experiment: Path, name: str) -> None:
-    """One run per trial, each metric at each reported epoch exactly once, every run ended."""
+    """One run per trial, each metric at every epoch up to the trial's last exactly once, every run ended.
+
+    MLflow is the complete record. Tune's result.json may lack the epochs a killed driver had not yet synced
+    to storage (it does so with its experiment state, see README "Resume"), never repeats one.
+    """
     trials = results(experiment)
     runs = {r.data.tags[TRIAL_TAG]: r for r in child_runs(client, name)}
     assert len(runs) == len(trials)
@@ -35,9 +39,10 @@ def assert_runs_match_trials(client: MlflowClient, experiment: Path, name: str) 
         run = runs[history[0]["trial_id"]]
         assert run.info.status == "FINISHED", run.info.status
         epochs = [r["epoch"] for r in history]
+        assert epochs == sorted(set(epochs)), f"Tune's record repeats an epoch: {epochs}"
         for key in ("mi_lower_bound", "accuracy_hungarian", "elbo", "kl_categorical", "temperature"):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            assert sorted(steps) == epochs, f"{key}: steps {sorted(steps)} for epochs {epochs}"
+            assert sorted(steps) == list(range(1, epochs[-1] + 1)), f"{key}: steps {sorted(steps)}, epochs {epochs}"
         assert run.data.params["mi.lambda_mi"] == str(history[-1]["lambda_mi"])
 
 
@@ -69,7 +74,7 @@ def test_resumed_study_has_no_duplicate_runs_or_steps(tmp_path):
     driver = start([PYTHON, "-m", "vmistudy.run", str(study)], tmp_path / "first.log")
     try:
         deadline = time.time() + 300
-        while not any(len(h) >= 2 for h in results(experiment).values()):
+        while max(saved_epochs(experiment).values(), default=0) < 2:
             assert time.time() < deadline and driver.poll() is None, "no trial reached epoch 2"
             time.sleep(0.5)
         driver.kill()

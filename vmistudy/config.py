@@ -14,7 +14,8 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import InputError
 
@@ -241,6 +242,24 @@ class TrackingSpec(Section):
         return self
 
 
+class ReplaySpec(Section):
+    """The study layer's instrument: trials replay a recorded learning-curve table instead of training."""
+    table: str | None = Field(None, description="a table written by python -m benchmarks.curves; null: train")
+    time_scale: float = Field(0.0, ge=0, le=1e3, description="a replayed epoch takes its recorded seconds times "
+                                                             "this (0: at once)")
+
+    @field_validator("table")
+    @classmethod
+    def _absolute(cls, table: str | None) -> str | None:
+        """Absolute, since Tune runs trials in their own folders; it must be a file."""
+        if table is None:
+            return None
+        path = Path(table).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"{table} is not a file (write one with python -m benchmarks.curves)")
+        return str(path)
+
+
 class StudySpec(Section):
     name: str = Field("study", pattern=NAME_PATTERN, max_length=100,
                       description="letters, digits, . _ - ; names the study's folder and experiment")
@@ -251,6 +270,7 @@ class StudySpec(Section):
     search: SearchSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
+    replay: ReplaySpec = ReplaySpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:

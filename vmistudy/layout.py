@@ -6,14 +6,15 @@ the run command, the Tune adapter and the report all take the layout from one pl
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.fs
 
 from .config import StudySpec, validate
-from .errors import InputError
 
 SPEC_FILE = "vmistudy-spec.json"
+TRIAL_STATE = "vmistudy-state.pt"  # a trial's resume state, in its Tune folder, replaced after every epoch
 
 
 def storage_path(spec: StudySpec) -> str:
@@ -44,3 +45,33 @@ def saved_spec(spec: StudySpec) -> StudySpec | None:
     except FileNotFoundError:
         return None
     return validate(raw, source=f"{path}/{SPEC_FILE}")
+
+
+def trial_state_path(spec: StudySpec, trial_name: str) -> str:
+    return f"{experiment_path(spec)}/{trial_name}/{TRIAL_STATE}"
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replace the file at `path` whole: a local file by an atomic rename (a kill mid-write leaves the old
+    one), an object store's object by one put."""
+    if "://" in path:
+        fs, root = pyarrow.fs.FileSystem.from_uri(path)
+        fs.create_dir(root.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(root) as f:
+            f.write(data)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The file at `path`, or None where there is none."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+    try:
+        with fs.open_input_stream(root) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None

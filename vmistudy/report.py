@@ -10,6 +10,7 @@ each pair's final figures side by side. The report is also logged to the study's
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from scipy import stats
 from . import config, layout, tracking
 from .cli import command, load_study
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per figure otherwise
+
 CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
          "kl_categorical", "elbo")
@@ -31,6 +34,8 @@ SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bou
 LABELED = ("accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi")  # metrics that read labels
 LABEL_FREE = "mi_lower_bound_categorical"  # the pick that uses no labels: the most informative categorical code
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
+# What the figures show of a large study (each costs MLflow calls, and more lines make a plot unreadable):
+CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
 
 
 def _trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
@@ -183,10 +188,11 @@ def write(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     paired = _pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_prior")
                           if f"metrics.{m}" in runs])
+    ranked = runs.loc[best.index]  # best first
     lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
              "", "## Best trials", "", _markdown(best.head(10)), "",
              *_summary_section(runs, metric, spec.search.mode), *_pairs_section(paired),
-             *_figures_section(tracker.client, runs, paired, out)]
+             *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out)]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     tracker.client.log_artifacts(tracker.parent_run_id, str(out), "report")
@@ -221,16 +227,40 @@ def _pairs_section(paired: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def _figures_section(client: MlflowClient, runs: pd.DataFrame, paired: pd.DataFrame, out: Path) -> list[str]:
-    """The curves, z0's traversal per lambda and each pair's final figures, downloaded from the runs."""
+def _ranked_pairs(paired: pd.DataFrame, ranked: pd.DataFrame) -> list:
+    """The index of the pairs whose MI run ranks best, at most PAIR_FIGURES of them."""
+    if not len(paired):
+        return []
+    rank = {run_id: i for i, run_id in enumerate(ranked["run_id"])}
+    return sorted(paired.index, key=lambda i: rank[paired.at[i, "run_id"]])[:PAIR_FIGURES]
+
+
+def _curve_runs(ranked: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """The CURVE_RUNS best runs and the twins of those that have one."""
+    best = ranked.head(CURVE_RUNS)
+    twins = paired.loc[paired.run_id.isin(best.run_id), "twin_id"] if len(paired) else []
+    return ranked[ranked.run_id.isin(best.run_id) | ranked.run_id.isin(twins)]
+
+
+def _lambda_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per lambda_mi, ascending; at most LAMBDA_ROWS lambdas, spread over the range."""
+    first = runs.sort_values("lambda_mi").groupby("lambda_mi").first()
+    keep = sorted({round(i * (len(first) - 1) / max(LAMBDA_ROWS - 1, 1)) for i in range(LAMBDA_ROWS)})
+    return first.iloc[[i for i in keep if i < len(first)]]
+
+
+def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.DataFrame, out: Path) -> list[str]:
+    """The curves of the best runs, z0's traversal per lambda and the best pairs' final figures, downloaded
+    from the runs (`ranked`: every run, best first; `paired`: the pairs to show)."""
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         downloads = Path(tmp)
-        if _curves(client, runs, out / "curves.png"):
-            lines += ["## Curves (figs. 4.8/4.9)", "", "![curves](curves.png)", ""]
-        rows = [(lam, _artifact(client, r["run_id"], "traversal_rows", downloads))
-                for lam, r in runs.sort_values("lambda_mi").groupby("lambda_mi").first().iterrows()]
-        rows = [_first_row(p, downloads) for _, p in rows if p]
+        if _curves(client, _curve_runs(ranked, paired), out / "curves.png"):
+            lines += [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
+                      "![curves](curves.png)", ""]
+        rows = [_artifact(client, r["run_id"], "traversal_rows", downloads)
+                for _, r in _lambda_runs(ranked).iterrows()]
+        rows = [_first_row(p, downloads) for p in rows if p]
         if rows:
             _side_by_side(rows, out / "lambda_rows.png", vertical=True)
             lines += ["## z0 over [-5, 5], one row per lambda_mi, ascending (fig. 4.4)", "",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from ray import tune
 
-from . import config, layout, study, tracking
+from . import config, layout, replay, study, tracking
 from .cli import command, load_study
 from .errors import InputError
 
@@ -38,6 +38,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     spec = load_study(args.study, args.set, service=True)
+    if spec.replay.table:
+        replay.read(spec.replay.table).check(spec)
     check_start(spec, args.resume)
     tracker = tracking.start_study(spec, Path(args.study), layout.storage_path(spec))
     study.connect(args.address)

@@ -8,9 +8,12 @@ tracking.py's trackers; the driver-side `EndTrialRuns` callback ends their runs 
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,14 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from . import data as datasets
-from . import figures
+from . import figures, replay
 from .config import SUBSET_PATH, SearchSpec, StudySpec, validate
-from .layout import experiment_path, storage_path
+from .layout import experiment_path, read_bytes, storage_path, trial_state_path, write_bytes
 from .tracking import NullStudyTracker, StudyTracker, TrialTracker
-from .trainer import Epoch, Trainer, load_checkpoint, save_checkpoint
+from .trainer import Epoch, Trainer, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
+RUN_ID = "mlflow_run_id"  # reported with every epoch, so that the driver ends the run without searching for it
 
 
 class SearchSpace:
@@ -144,30 +148,87 @@ def trial_spec(spec: StudySpec, config: dict) -> StudySpec:
     return validate(raw, source="trial")
 
 
-def _trainable(config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> None:
-    """One Tune trial: resume from Tune's checkpoint if any, then report metrics and a checkpoint per epoch."""
-    spec = trial_spec(StudySpec.model_validate(spec_dump), config)
+def _train_trial(config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> None:
+    """One Tune trial: continue from the trial's saved state if any, then train epoch by epoch, logging each
+    to MLflow and reporting it to Tune."""
+    trial = _Trial.start(config, spec_dump, tracker)
+    spec = trial.spec
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
     trainer = Trainer(spec.recipe, datasets.load(spec.data))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(load_checkpoint(Path(folder) / CHECKPOINT))
-    node = ray.get_runtime_context().get_node_id()
-    context = tune.get_context()
-    run = tracker.trial(context.get_trial_id(), context.get_trial_name(), spec, node)
+    state = trial.restored_state()
+    if state:
+        trainer.load_state_dict(state)
+    if trainer.epoch == spec.train.epochs:  # it ended, but the driver died before Tune recorded the end
+        trial.report(trainer.history[-1], trainer.state_dict())
     for epoch in trainer.epochs(figures_every=spec.tracking.figures_every):
-        _record(run, trainer, epoch, spec)
+        _record(trial.run, trainer, epoch, spec)
+        trial.report(epoch.metrics, trainer.state_dict())
+
+
+def _replay_trial(config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> None:
+    """A trial that replays its configuration's recorded curve (replay.table) instead of training: the same
+    start, MLflow run, saved state and reports as `_train_trial`, with epochs that cost their recorded
+    seconds times replay.time_scale."""
+    trial = _Trial.start(config, spec_dump, tracker)
+    spec = trial.spec
+    curve, seconds = replay.read(spec.replay.table).curve(spec)
+    done = (trial.restored_state() or {"epoch": 0})["epoch"]
+    if done == spec.train.epochs:  # it ended, but the driver died before Tune recorded the end
+        trial.report(curve[done - 1], {"epoch": done})
+    for metrics, wall in zip(curve[done:spec.train.epochs], seconds[done:]):
+        time.sleep(wall * spec.replay.time_scale)
+        trial.run.log_epoch(metrics)
+        trial.report(metrics, {"epoch": int(metrics["epoch"])})
+
+
+@dataclass
+class _Trial:
+    """What every trainable shares: the trial's spec, its MLflow run, where its state is kept, how it reports.
+
+    The state that resumes a trial is saved after every epoch in the trial's own folder (layout.TRIAL_STATE),
+    replacing the last, rather than as a Tune checkpoint: Tune writes its whole experiment state (every
+    trial, the searcher) whenever a trial checkpoints, which at a thousand trials costs more than the trials.
+    Tune gets one checkpoint, at the last epoch, so a finished trial is in the experiment state at once.
+    """
+    spec: StudySpec
+    run: TrialTracker
+    node: str
+    state_path: str
+
+    @classmethod
+    def start(cls, config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> _Trial:
+        study = StudySpec.model_validate(spec_dump)
+        spec = trial_spec(study, config)
+        node = ray.get_runtime_context().get_node_id()
+        context = tune.get_context()
+        name = context.get_trial_name()
+        run = tracker.trial(context.get_trial_id(), name, spec, node)
+        return cls(spec, run, node, trial_state_path(study, name))
+
+    def restored_state(self) -> dict | None:
+        data = read_bytes(self.state_path)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
+
+    def report(self, metrics: dict, state: dict) -> None:
+        """Save the state to resume from after this epoch, then report the epoch to Tune (where a scheduler
+        may stop the trial)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(self.state_path, buffer.getvalue())
+        metrics = {**metrics, "seed": self.spec.train.seed, "lambda_mi": self.spec.mi.lambda_mi, "node_id": self.node,
+                   RUN_ID: self.run.run_id}
+        if metrics["epoch"] < self.spec.train.epochs:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(trainer.state_dict(), Path(folder) / CHECKPOINT)
-            tune.report({**epoch.metrics, "seed": spec.train.seed, "lambda_mi": spec.mi.lambda_mi, "node_id": node},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            save_checkpoint(state, Path(folder) / CHECKPOINT)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _record(run: TrialTracker, trainer: Trainer, epoch: Epoch, spec: StudySpec) -> None:
     """Log an epoch to MLflow, its figures when due, and the final model.
 
-    All of it before `tune.report`: a scheduler may stop the trial inside that call, the last one included.
+    All of it before the report to Tune: a scheduler may stop the trial inside that call, the last one included.
     """
     run.log_epoch(epoch.metrics)
     if epoch.figures:
@@ -184,10 +245,10 @@ class EndTrialRuns(tune.Callback):
         self.tracker = tracker
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial.trial_id, "FINISHED")
+        self.tracker.end_trial(trial.trial_id, "FINISHED", (trial.last_result or {}).get(RUN_ID))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial.trial_id, "FAILED")
+        self.tracker.end_trial(trial.trial_id, "FAILED", (trial.last_result or {}).get(RUN_ID))
 
 
 def _short_name(trial) -> str:
@@ -195,12 +256,15 @@ def _short_name(trial) -> str:
 
 
 def _bound_trainable(spec: StudySpec, tracker: StudyTracker | NullStudyTracker):
+    trainable = _replay_trial if spec.replay.table else _train_trial
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(_trainable, spec_dump=spec.model_dump(), tracker=tracker),
+    return tune.with_resources(tune.with_parameters(trainable, spec_dump=spec.model_dump(), tracker=tracker),
                                resources)
 
 
-def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker) -> tune.Tuner:
+def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker, callbacks: tuple[tune.Callback, ...] = (),
+          stop: tune.Stopper | None = None) -> tune.Tuner:
+    """The study's Tuner; `callbacks` and `stop` are Tune's, for whoever watches the study (the benchmarks)."""
     search = spec.search
     return tune.Tuner(
         _bound_trainable(spec, tracker),
@@ -212,10 +276,9 @@ def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker) -> tune.Tun
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage_path(spec),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            # Tune saves the experiment state after every num_to_keep checkpoints of a trial; with 1, a
-            # study killed at any point resumes each trial from the last epoch it recorded, not one before
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
-            callbacks=[EndTrialRuns(tracker)]),
+            # a trial's last-epoch checkpoint (its only one, see _Trial) makes Tune save the experiment state
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1, stop=stop,
+            callbacks=[EndTrialRuns(tracker), *callbacks]),
     )
 
 

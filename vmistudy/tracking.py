@@ -59,9 +59,10 @@ class StudyTracker:
         runs = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=2)
         return runs[0].info.run_id if runs else None
 
-    def end_trial(self, trial_id: str, status: str) -> None:
-        """End a trial's run FINISHED or FAILED (from the driver, which sees every trial end)."""
-        run_id = self.trial_run_id(trial_id)
+    def end_trial(self, trial_id: str, status: str, run_id: str | None = None) -> None:
+        """End a trial's run FINISHED or FAILED (from the driver, which sees every trial end); the run is
+        looked up by trial id unless its id is given (a trial reports it, sparing a search per trial)."""
+        run_id = run_id or self.trial_run_id(trial_id)
         if run_id:
             self.client.set_terminated(run_id, status)
 
@@ -85,16 +86,17 @@ class TrialTracker:
 
     def __init__(self, study: StudyTracker, trial_id: str, trial_name: str, spec: StudySpec, node: str):
         self.client = study.client
-        run_id = study.trial_run_id(trial_id)
-        if run_id is None:
+        self.run_id = study.trial_run_id(trial_id)
+        if self.run_id is None:
             tags = {PARENT_TAG: study.parent_run_id, STUDY_TAG: spec.name, TRIAL_TAG: trial_id,
                     "seed": str(spec.train.seed), "node": node}
-            run_id = self.client.create_run(study.experiment_id, run_name=trial_name, tags=tags).info.run_id
-            self.client.log_batch(run_id, params=_params(flatten(spec)))
-        self.run_id = run_id
-        history = self.client.get_metric_history(run_id, "epoch")
-        self.logged_epoch = max((int(m.value) for m in history), default=0)
-        self.client.log_batch(run_id, tags=[RunTag("node", node)])
+            self.run_id = self.client.create_run(study.experiment_id, run_name=trial_name, tags=tags).info.run_id
+            self.client.log_batch(self.run_id, params=_params(flatten(spec)))
+            self.logged_epoch = 0
+        else:  # a resumed trial: its run goes on after the last epoch it logged
+            history = self.client.get_metric_history(self.run_id, "epoch")
+            self.logged_epoch = max((int(m.value) for m in history), default=0)
+            self.client.log_batch(self.run_id, tags=[RunTag("node", node)])
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """All of one epoch's metrics in one call (each call costs tens of ms), once per epoch."""
@@ -125,7 +127,7 @@ class NullStudyTracker:
     def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str) -> NullTrialTracker:
         return NullTrialTracker()
 
-    def end_trial(self, trial_id: str, status: str) -> None:
+    def end_trial(self, trial_id: str, status: str, run_id: str | None = None) -> None:
         pass
 
     def finish(self, summary: dict[str, float], failed: bool) -> None:
@@ -137,6 +139,7 @@ class NullStudyTracker:
 
 class NullTrialTracker:
     """Tracking off for one trial: nothing logged, and figures never rendered."""
+    run_id = None
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         pass

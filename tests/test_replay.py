@@ -1,0 +1,108 @@
+"""Replayed studies: a learning-curve table looked up at the nearest point, and a 50-trial study through the real
+service (local Ray, Optuna, Replicates, ASHA, checkpoints, MLflow) whose reported numbers are the table's."""
+from __future__ import annotations
+
+import itertools
+import time
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import make_spec, write_study
+from ray_support import results, run_study
+from vmistudy import replay
+from vmistudy.errors import InputError
+from vmistudy.tracking import TRIAL_TAG
+
+LAMBDAS, BETAS, CAPS, SEEDS, EPOCHS = (0.0, 1.0, 10.0), (1.0, 2.0), (None, 5.0), (0, 1), 4
+
+
+def accuracy(lam: float, beta: float, cap: float | None, seed: int, epoch: int) -> float:
+    """A made-up curve with a distinct value for every point, seed and epoch."""
+    return 0.1 + 0.02 * epoch + 0.01 * lam + 0.003 * beta + (0.05 if cap else 0.0) + 0.0007 * seed
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    rows = [{"mi.lambda_mi": lam, "train.beta": beta, "train.capacity.gaussian.cap": cap, "seed": seed,
+             "epoch": epoch, "step": 10 * epoch, "accuracy_hungarian": accuracy(lam, beta, cap, seed, epoch),
+             "mi_lower_bound": lam * epoch / 10, "elbo": -100.0 - epoch, "seconds": 0.5}
+            for lam, beta, cap, seed in itertools.product(LAMBDAS, BETAS, CAPS, SEEDS)
+            for epoch in range(1, EPOCHS + 1)]
+    path = tmp_path_factory.mktemp("table") / "curves.csv.gz"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def spec_at(table_path, **sections):
+    return make_spec(replay={"table": str(table_path)}, train={"epochs": EPOCHS, **sections.pop("train", {})},
+                     **sections)
+
+
+def test_a_table_point_is_found_at_the_nearest_configuration(table_path):
+    table = replay.read(str(table_path))
+    assert table.fields == ["mi.lambda_mi", "train.beta", "train.capacity.gaussian.cap"]
+    assert table.nearest({"mi.lambda_mi": 0.0, "train.beta": 1.2, "train.capacity.gaussian.cap": None}) == \
+        (0.0, 1.0, None)
+    # lambda spans decades from 0, so it is linear: 4 is nearer 1 than 10; a cap of 4 is nearer 5 than no cap
+    assert table.nearest({"mi.lambda_mi": 4.0, "train.beta": 1.9, "train.capacity.gaussian.cap": 4.0}) == \
+        (1.0, 2.0, 5.0)
+    curve, seconds = table.curve(spec_at(table_path, mi={"lambda_mi": 9.0}, train={"beta": 2.0, "seed": 1}))
+    assert [m["epoch"] for m in curve] == [1, 2, 3, 4] and seconds == [0.5] * 4
+    assert [m["accuracy_hungarian"] for m in curve] == [accuracy(10.0, 2.0, None, 1, e) for e in range(1, 5)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"search": {"space": {"train.lr": {"choice": [0.1, 0.2]}}}}, "search.space.train.lr: the replayed table has no"),
+    ({"search": {"replicates": 3}}, "train.seed: the replayed table has seeds [0, 1]; this study needs [0, 1, 2]"),
+    ({"train": {"epochs": 5}, "search": {}}, "train.epochs: the replayed table has 4 epochs per run, got 5"),
+])
+def test_a_study_the_table_cannot_replay_is_refused_naming_the_field(table_path, change, message):
+    spec = spec_at(table_path, **change)
+    with pytest.raises(InputError) as error:
+        replay.read(str(table_path)).check(spec)
+    assert str(error.value).startswith(message)
+
+
+def test_a_file_that_is_not_a_table_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "not-a-table.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match=r"^replay.table: .*not a learning-curve table"):
+        replay.read(str(path))
+
+
+@pytest.mark.ray
+def test_a_50_trial_replayed_study_reports_the_tables_numbers_to_tune_and_mlflow(tmp_path, table_path):
+    raw = {"name": "replayed", "data": {"name": "synthetic"},
+           "model": {"hidden": 32, "gaussian_dims": 4, "categories": 4}, "train": {"epochs": EPOCHS},
+           "mi": {"lambda_mi": 1.0}, "replay": {"table": str(table_path)},
+           "search": {"metric": "accuracy_hungarian", "algorithm": "optuna", "num_samples": 25, "replicates": 2,
+                      "max_concurrent": 4, "storage": str(tmp_path / "results"),
+                      "space": {"mi.lambda_mi": {"choice": list(LAMBDAS)}, "train.beta": {"uniform": [1.0, 2.0]},
+                                "train.capacity.gaussian.cap": {"choice": list(CAPS)}},
+                      "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
+           "tracking": {"figures_every": 0, "log_model": False}}
+    start = time.perf_counter()
+    code, log = run_study(write_study(tmp_path / "replayed.yaml", raw), log=tmp_path / "run.log")
+    print(f"50 replayed trials through the service in {time.perf_counter() - start:.1f} s")
+    assert code == 0, log[-3000:]
+    table = replay.read(str(table_path))
+    trials = results(tmp_path / "results" / "replayed")
+    assert len(trials) == 50
+    stopped_early = 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results'}/mlflow.db")
+    for rows in trials.values():
+        point = table.nearest({"mi.lambda_mi": rows[0]["config"]["mi.lambda_mi"],
+                               "train.beta": rows[0]["config"]["train.beta"],
+                               "train.capacity.gaussian.cap": rows[0]["config"]["train.capacity.gaussian.cap"]})
+        curve = table.curves[point][rows[0]["seed"]]
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        assert [r["accuracy_hungarian"] for r in rows] == [m["accuracy_hungarian"] for m in curve[:len(rows)]]
+        stopped_early += len(rows) < EPOCHS
+        run = client.search_runs([client.get_experiment_by_name("replayed").experiment_id],
+                                 f"tags.`{TRIAL_TAG}` = '{rows[0]['trial_id']}'")[0]
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy_hungarian"))
+        assert logged == [(r["epoch"], r["accuracy_hungarian"]) for r in rows]
+        assert run.info.status == "FINISHED" and run.data.params["replay.table"] == str(table_path)
+    assert stopped_early > 0, "ASHA stopped some replayed trials early"
