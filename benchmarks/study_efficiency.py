@@ -1,94 +1,146 @@
-"""Optuna (TPE) + ASHA against random search without early stopping, on one small search space.
+"""Search efficiency over many searcher seeds, on the learning-curve table replayed through the real service.
 
-    python -m benchmarks.study_efficiency [--samples 8] [--asha-samples 16] [--epochs 6] [--subset 6000]
+    python -m benchmarks.study_efficiency [--seeds 50] [--strategies tpe+asha,random+asha,random]
+                                          [--table benchmarks/curves/curves.csv.gz] [--concurrent 2]
 
-Both studies run in this process on a local Ray over the same space. Random search trains every one of its
-`--samples` configurations to the end; Optuna + ASHA gets `--asha-samples` configurations, since stopping
-weak ones early is what lets it afford more in the same number of trial-epochs. Printed:
-the best metric of each; the trial-epochs each needed (counted in the order results arrived) to first
-reach random search's best, and their ratio; and each study's overhead, the part of the wall time the
-trials were not training: 1 - sum(trial training time) / (wall time * concurrent trials).
+Every strategy runs one study per seed over studies/curves.yaml's grid with `replay.table` set: the service's
+own Tuner, OptunaSearch, Replicates and ASHA, with epochs that cost nothing. As in a study with the default
+`replicates: 1`, each configuration runs once, at one of the table's seeds (the study's seed modulo their
+number), so the searcher sees one seed's noisy curve. A configuration is good when its mean final metric over
+the table's seeds is within 0.5 points of the table's best or among its top 5%. A study's cost is the number
+of trial-epochs the driver had received when a good configuration first reached the last epoch (the study then
+stops); a study that finds none within its budget of configurations counts every trial-epoch it ran.
+Printed per strategy: median and interquartile range of the cost, how many seeds found nothing, and the
+median's ratio to random search without stopping. The goal: the service's default search at most 1/3.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import ray
+import yaml
+from ray import tune
 
-from vmistudy import config, study
+from vmistudy import config, replay, study
+from vmistudy.config import flatten
 from vmistudy.tracking import NullStudyTracker
 
-SPACE = {"mi.lambda_mi": {"loguniform": [0.5, 20.0]},
-         "train.temperature.start": {"uniform": [0.5, 2.0]},
-         "train.temperature.rate": {"loguniform": [1.0e-5, 1.0e-3]},
-         "train.beta": {"uniform": [0.5, 4.0]}}
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "studies" / "curves.yaml"
+TABLE = REPO / "benchmarks" / "curves" / "curves.csv.gz"
+TOLERANCE, TOP = 0.005, 0.05
+ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+STRATEGIES = {  # search-section overrides; the first is the service's default search
+    "tpe+asha": {"algorithm": "optuna", "scheduler": ASHA},
+    "random+asha": {"algorithm": "random", "scheduler": ASHA},
+    "random": {"algorithm": "random", "scheduler": {"name": "none"}},
+    "tpe": {"algorithm": "optuna", "scheduler": {"name": "none"}},
+    "tpe+asha rf3": {"algorithm": "optuna", "scheduler": {**ASHA, "reduction_factor": 3}},
+    "tpe+asha grace3": {"algorithm": "optuna", "scheduler": {**ASHA, "grace_period": 3}},
+    "tpe+asha grace5": {"algorithm": "optuna", "scheduler": {**ASHA, "grace_period": 5}},
+    "tpe(5 startup)+asha": {"algorithm": "optuna", "startup_trials": 5, "scheduler": ASHA},
+    "tpe(univariate)+asha": {"algorithm": "optuna", "multivariate": False, "scheduler": ASHA},
+}
+BASELINE = "random"
 
 
-def spec(name: str, algorithm: str, scheduler: str, samples: int, args, storage: str) -> config.StudySpec:
-    return config.validate({
-        "name": name,
-        "data": {"name": "mnist", "subset": args.subset, "test_subset": 2000},
-        "model": {"backbone": "mlp", "gaussian_dims": 16, "categories": 10},
-        "train": {"epochs": args.epochs, "batch_size": 128},
-        "mi": {"lambda_mi": 5.0},
-        "search": {"metric": "accuracy_hungarian", "mode": "max", "algorithm": algorithm, "seed": args.seed,
-                   "num_samples": samples, "max_concurrent": args.concurrent, "space": SPACE,
-                   "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
-                   "storage": storage}}, source="benchmark")
+class Race(tune.Callback, tune.Stopper):
+    """Counts the trial-epochs the driver receives and stops the study once a good configuration is done."""
+
+    def __init__(self, spec: config.StudySpec, table: replay.CurveTable, good: set):
+        self.spec, self.table, self.good = spec, table, good
+        self.trial_epochs = 0
+        self.cost: int | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.trial_epochs += 1
+        if result["epoch"] < self.spec.train.epochs or self.cost is not None:
+            return
+        if self.table.nearest(flatten(study.trial_spec(self.spec, trial.config))) in self.good:
+            self.cost = self.trial_epochs
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.cost is not None
 
 
-def run(s: config.StudySpec) -> dict:
+def good_points(table: replay.CurveTable, metric: str) -> tuple[set, float]:
+    means = {p: np.mean([c[-1][metric] for c in seeds.values()]) for p, seeds in table.curves.items()}
+    ranked = sorted(means.values(), reverse=True)
+    cut = min(ranked[0] - TOLERANCE, ranked[math.ceil(TOP * len(ranked)) - 1])
+    return {p for p, m in means.items() if m >= cut}, ranked[0]
+
+
+def spec(strategy: str, seed: int, seeds: int, table: Path, storage: str, concurrent: int, budget: int
+         ) -> config.StudySpec:
+    raw = yaml.safe_load(STUDY.read_text())
+    raw.update(name=re.sub(r"[^A-Za-z0-9._-]+", "-", f"{strategy}-{seed}"),
+               replay={"table": str(table)}, resources={"cpu": 0.25}, tracking={"enabled": False})
+    raw["train"]["seed"] = seed % seeds
+    raw["search"].update(seed=seed, num_samples=budget, replicates=1, max_concurrent=concurrent, storage=storage,
+                         **STRATEGIES[strategy])
+    return config.validate(raw, source=strategy)
+
+
+def run_study(s: config.StudySpec, table: replay.CurveTable, good: set) -> int:
+    race = Race(s, table, good)
+    study.tuner(s, NullStudyTracker(), callbacks=(race,), stop=race).fit()
+    return race.cost if race.cost is not None else -race.trial_epochs  # negative: nothing found in the budget
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.study_efficiency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at a time")
+    parser.add_argument("--budget", type=int, default=96, help="configurations a study may try")
+    args = parser.parse_args(argv)
+    strategies = args.strategies.split(",")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not args.table.is_file():
+        raise SystemExit(f"error: --strategies: unknown {unknown}" if unknown else
+                         f"error: --table {args.table}: no such file; write it with python -m benchmarks.curves")
+    table = replay.read(str(args.table.resolve()))
+    metric = config.load(STUDY).search.metric
+    good, best = good_points(table, metric)
+    print(f"{len(table.points)} configurations; best mean {metric} {best:.4f}; {len(good)} good (within "
+          f"{100 * TOLERANCE:g} points or top {100 * TOP:g}%); {args.seeds} seeds per strategy", flush=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    costs: dict[str, list[int]] = {}
     start = time.perf_counter()
-    grid = study.tuner(s, NullStudyTracker()).fit()
-    wall = time.perf_counter() - start
-    reports = []  # (timestamp, metric) of every epoch of every trial
-    training = 0.0
-    for result in grid:
-        frame = result.metrics_dataframe
-        reports += list(zip(frame["timestamp"], frame[s.search.metric]))
-        training += float(frame["time_this_iter_s"].sum())
-    values = [value for _, value in sorted(reports, key=lambda r: r[0])]
-    return {"wall": wall, "training": training, "epochs": len(values), "values": values, "best": max(values)}
-
-
-def epochs_to_reach(values: list[float], target: float) -> int | None:
-    return next((i + 1 for i, v in enumerate(values) if v >= target), None)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=8, help="configurations of random search")
-    parser.add_argument("--asha-samples", type=int, default=16, help="configurations of optuna + asha")
-    parser.add_argument("--epochs", type=int, default=6, help="max epochs per trial")
-    parser.add_argument("--subset", type=int, default=6000, help="MNIST training images")
-    parser.add_argument("--concurrent", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, _node_ip_address="127.0.0.1")
     with tempfile.TemporaryDirectory() as storage:
-        tpe = run(spec("tpe-asha", "optuna", "asha", args.asha_samples, args, storage))
-        rnd = run(spec("random", "random", "none", args.samples, args, storage))
+        for strategy in strategies:
+            costs[strategy] = [run_study(spec(strategy, seed, len(table.seeds), args.table.resolve(), storage,
+                                              args.concurrent, args.budget), table, good) for seed in range(args.seeds)]
+            print(f"{strategy}: {summary(costs[strategy])} ({time.perf_counter() - start:.0f} s so far)", flush=True)
     ray.shutdown()
+    print(f"\ntrial-epochs until a good configuration is done ({args.seeds} seeds, {args.concurrent} trials at a time)")
+    print(f"{'strategy':24s}{'median':>8s}{'IQR':>16s}{'not found':>11s}{'ratio to ' + BASELINE:>18s}")
+    base = np.median(np.abs(costs[BASELINE])) if BASELINE in costs else None
+    for strategy, values in costs.items():
+        median, (q1, q3) = np.median(np.abs(values)), np.percentile(np.abs(values), [25, 75])
+        ratio = f"{median / base:.2f}" if base else "n/a"
+        print(f"{strategy:24s}{median:8.0f}{f'{q1:.0f}-{q3:.0f}':>16s}{sum(v < 0 for v in values):11d}{ratio:>18s}")
+    if base:
+        default = next(iter(STRATEGIES))
+        ratio = np.median(np.abs(costs[default])) / base if default in costs else float("nan")
+        print(f"goal: the default search ({default}) needs at most 1/3 of {BASELINE}'s trial-epochs: "
+              f"{'met' if ratio <= 1 / 3 else 'not met'} ({ratio:.2f})")
 
-    target = rnd["best"]
-    need = {name: epochs_to_reach(r["values"], target) for name, r in (("tpe", tpe), ("random", rnd))}
-    print(f"\n{args.asha_samples} (optuna+asha) and {args.samples} (random) configurations x up to {args.epochs} "
-          f"epochs, MNIST subset {args.subset}, "
-          f"metric accuracy_hungarian (test split, 2000 images), {args.concurrent} trials at a time")
-    print(f"{'':22s}{'best':>8s}{'trial-epochs run':>18s}{'to reach random best':>22s}{'overhead':>10s}")
-    for name, r in (("optuna+asha", tpe), ("random, no stopping", rnd)):
-        overhead = 1 - r["training"] / (r["wall"] * args.concurrent)
-        reached = need["tpe" if r is tpe else "random"]
-        print(f"{name:22s}{r['best']:8.4f}{r['epochs']:18d}{reached if reached else 'never':>22}{overhead:10.1%}")
-    if need["tpe"]:
-        print(f"ratio of trial-epochs to reach random search's best (optuna+asha / random): "
-              f"{need['tpe'] / need['random']:.2f}")
-    else:
-        print("optuna+asha did not reach random search's best within its budget")
-    print(f"wall time: optuna+asha {tpe['wall']:.0f} s, random {rnd['wall']:.0f} s")
+
+def summary(values: list[int]) -> str:
+    found = np.abs(values)
+    return f"median {np.median(found):.0f}, IQR {np.percentile(found, 25):.0f}-{np.percentile(found, 75):.0f}, " \
+           f"not found {sum(v < 0 for v in values)}"
 
 
 if __name__ == "__main__":

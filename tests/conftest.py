@@ -143,4 +143,4 @@ def state_equal(a: dict, b: dict) -> list[str]:
 
 
 def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "images_per_second"} for m in history]
+    return [{k: v for k, v in m.items() if k not in ("images_per_second", "epoch_seconds")} for m in history]

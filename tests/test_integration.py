@@ -19,8 +19,8 @@ MNIST_6K = raw_study(MNIST_SMALL, data={"subset": 6000, "test_subset": 1000},
                      model={"hidden": 256}, train={"epochs": EPOCHS, "batch_size": 64, "lr": 2e-3, "q_lr": 2e-3})
 DOCUMENTED = (["elbo", "recon", "kl_continuous", "kl_categorical"] + [f"kl_z{i}" for i in range(16)]
               + ["mi_lower_bound", "mi_lower_bound_categorical", "temperature", "accuracy_hungarian",
-                 "accuracy_majority", "accuracy_majority_train", "nmi", "images_per_second", "train_loss",
-                 "train_mi_lower_bound", "epoch", "step"])
+                 "accuracy_majority", "accuracy_majority_train", "nmi", "images_per_second", "epoch_seconds",
+                 "train_loss", "train_mi_lower_bound", "epoch", "step"])
 
 
 @pytest.fixture(scope="module")

@@ -184,6 +184,8 @@ class SearchSpec(Section):
     mode: Literal["max", "min"] = "max"
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     seed: StrictInt = Field(0, ge=0, description="seed of the sampler")
+    startup_trials: StrictInt = Field(10, ge=1, description="optuna: configurations sampled at random before TPE")
+    multivariate: StrictBool = Field(True, description="optuna: TPE models the parameters jointly")
     num_samples: StrictInt = Field(4, ge=1, description="configurations to try (grid: ignored, each point once)")
     max_concurrent: StrictInt | None = Field(None, ge=1)
     replicates: StrictInt = Field(1, ge=1, description="seeds per configuration: train.seed, +1, ...")
@@ -440,7 +442,7 @@ def flatten(spec: StudySpec | Recipe) -> dict[str, Any]:
 
 def metric_names(spec: StudySpec | Recipe) -> set[str]:
     """The per-epoch metrics a model of this spec reports (see the README's metrics table)."""
-    names = {"epoch", "step", "temperature", "train_loss", "train_mi_lower_bound", "images_per_second",
+    names = {"epoch", "step", "temperature", "train_loss", "train_mi_lower_bound", "images_per_second", "epoch_seconds",
              "recon", "kl_continuous", "kl_categorical", "elbo", "mi_lower_bound"}
     names |= {f"kl_z{i}" for i in range(spec.model.gaussian_dims)}
     if spec.model.categories:

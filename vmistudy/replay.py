@@ -38,6 +38,7 @@ class CurveTable:
             self.curves.setdefault(point, {})[int(seed)] = rows[self.metrics].to_dict("records")
             self.seconds.setdefault(point, {})[int(seed)] = seconds[rows.index].tolist()
         self.points = list(self.curves)
+        self.seeds = sorted(set.intersection(*(set(c) for c in self.curves.values())))  # every point has these
         self._scales = [_Scale([p[i] for p in self.points]) for i in range(len(self.fields))]
 
     def nearest(self, values: dict[str, Any]) -> tuple:
@@ -58,10 +59,9 @@ class CurveTable:
         if unknown:
             raise InputError(f"search.space.{unknown[0]}: the replayed table has no such field "
                              f"(it varies {', '.join(self.fields)})")
-        seeds = set.intersection(*(set(c) for c in self.curves.values()))
         wanted = set(range(spec.train.seed, spec.train.seed + search.replicates))
-        if not wanted <= seeds:
-            raise InputError(f"train.seed: the replayed table has seeds {sorted(seeds)}; this study needs "
+        if not wanted <= set(self.seeds):
+            raise InputError(f"train.seed: the replayed table has seeds {self.seeds}; this study needs "
                              f"{sorted(wanted)} (train.seed + replicates)")
         epochs = min(len(c) for curves in self.curves.values() for c in curves.values())
         if spec.train.epochs > epochs:

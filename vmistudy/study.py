@@ -107,7 +107,8 @@ class SparingASHA(AsyncHyperBandScheduler):
 
 def _search_algorithm(spec: StudySpec) -> Replicates:
     search = spec.search
-    sampler = {"optuna": lambda: optuna.samplers.TPESampler(seed=search.seed),
+    sampler = {"optuna": lambda: optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials,
+                                                            multivariate=search.multivariate),
                "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
                "grid": lambda: optuna.samplers.GridSampler(
                    {path: p.choice for path, p in search.space.items()}, seed=search.seed)}[search.algorithm]()

@@ -184,6 +184,7 @@ class Trainer:
         metrics = {"epoch": self.epoch, "step": self.step, "temperature": self.temperature,
                    "train_loss": train_loss, "train_mi_lower_bound": train_mi,
                    "images_per_second": len(images) / seconds, **self.evaluate()}
+        metrics["epoch_seconds"] = time.perf_counter() - start  # training and evaluation, not a study's overhead
         self.history.append(metrics)
         return metrics
 
