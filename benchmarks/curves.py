@@ -8,7 +8,9 @@ with `resources.cpu` torch threads at low priority, so it is safe to leave runni
 Every finished run is appended to OUT/runs.partial.jsonl; a stopped command started again skips the runs
 found there. When every run is done the table is packed into OUT/curves.csv.gz (one row per run and epoch:
 the grid's fields, seed, epoch, every metric, the epoch's wall seconds) and OUT/curves.json (the command,
-the study, the budget, the hardware and the wall time). `vmistudy.run --replay OUT/curves.csv.gz` replays it.
+the study, the budget, the hardware and the wall time). A study with `replay.table: OUT/curves.csv.gz`
+replays it. `--summary` prints what a finished table shows: main effects, the best configurations, seed
+noise, and how well each epoch ranks the configurations by their final value.
 """
 from __future__ import annotations
 
@@ -116,17 +118,43 @@ def hardware() -> dict:
             "torch": torch.__version__}
 
 
+def summarize(table: pd.DataFrame, metric: str) -> None:
+    """What the table says about the knobs: main effects, the best configurations, seed noise, and how well
+    an early epoch ranks the configurations by their final value (what early stopping relies on)."""
+    fields = list(table.columns[:table.columns.get_loc("seed")])
+    table = table.assign(**{f: table[f].astype(object).fillna("none") for f in fields})
+    last = table[table.epoch == table.epoch.max()]
+    per_config = last.groupby(fields)[metric].agg(["mean", "std"])
+    print(f"{len(per_config)} configurations x {last.seed.nunique()} seeds, final {metric} (epoch {table.epoch.max()})")
+    print(f"seed noise: mean standard deviation within a configuration {per_config['std'].mean():.4f}; "
+          f"spread of the configuration means {per_config['mean'].std():.4f}\n")
+    for field in fields:
+        effect = per_config.groupby(level=field)["mean"].agg(["mean", "min", "max"])
+        print(f"{field}: " + "; ".join(f"{v}: {r['mean']:.3f} [{r['min']:.3f}, {r['max']:.3f}]"
+                                       for v, r in effect.iterrows()))
+    print("\nbest configurations (mean +- sd over seeds):")
+    print(per_config.sort_values("mean", ascending=False).head(8).round(4).to_string())
+    means = table.groupby([*fields, "epoch"])[metric].mean().unstack("epoch")
+    ranks = means.rank().corr(method="pearson")[table.epoch.max()]  # Spearman: Pearson of the ranks
+    print("\nrank correlation of each epoch's mean with the final one: "
+          + ", ".join(f"{e}: {r:+.2f}" for e, r in ranks.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.curves", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a grid study, e.g. studies/curves.yaml")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/curves"), help="folder of the table")
+    parser.add_argument("--summary", action="store_true", help="print what the finished table shows, train nothing")
     args = parser.parse_args(argv)
     try:
         spec = config.load(args.study)
         runs = grid(spec)
     except InputError as e:
         sys.exit(f"error: {e}")
+    if args.summary:
+        summarize(pd.read_csv(args.out / TABLE), spec.search.metric)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / PARTIAL
     finished = done_runs(partial)
