@@ -86,6 +86,20 @@ def saved_epochs(experiment: Path) -> dict[str, int]:
     return {p.parent.name: torch.load(p, weights_only=True)["epoch"] for p in experiment.glob(f"*/{TRIAL_STATE}")}
 
 
+def trial_workers(session: int) -> list[int]:
+    """PIDs of the Tune trial workers (Ray names their processes after the trainable's actor) in a session."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "ImplicitFunc" in " ".join(proc.info["cmdline"] or ()) and os.getsid(proc.info["pid"]) == session:
+                found.append(proc.info["pid"])
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -192,6 +192,8 @@ def test_defaults_and_flatten():
      "train.capacity.gaussian.gamma: Input should be greater than 0"),
     ({**SYN, "search": {"space": {"mi.lambda_mi": {"loguniform": [1.0, 2.0], "lo": 1}}}},
      "search.space.mi.lambda_mi.lo: unknown key; allowed here: uniform, loguniform, int, choice"),
+    ({**SYN, "search": {"scheduler": {"metric": "accuracy"}}},
+     "search.scheduler.metric: accuracy is not a per-epoch metric of this model; allowed: accuracy_hungarian,"),
 ])
 def test_validate_names_the_field(raw, expected):
     with pytest.raises(InputError) as info:

@@ -174,6 +174,9 @@ class SchedulerSpec(Section):
     name: Literal["asha", "none"] = "asha"
     grace_period: StrictInt = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1)
+    metric: str | None = Field(None, description="what rungs rank trials on; null: search.metric (a label-free "
+                                                 "early signal such as kl_categorical may rank better early)")
+    mode: Literal["max", "min"] | None = Field(None, description="null: search.mode")
 
 
 SUBSET_PATH = "mi.subset"  # the search-space key that picks one of search.subsets by name
@@ -304,9 +307,12 @@ class StudySpec(Section):
         for path in self.search.space if self.search else ():
             if path != SUBSET_PATH and path not in flatten(self):
                 raise ValueError(f"search.space.{path}: not a field of the study (see the README's study file)")
-        if self.search and self.search.metric not in metric_names(self):
-            raise ValueError(f"search.metric: {self.search.metric} is not a per-epoch metric of this model; "
-                             f"allowed: {', '.join(sorted(metric_names(self)))}")
+        ranked_on = {"search.metric": self.search.metric, "search.scheduler.metric": self.search.scheduler.metric
+                     } if self.search else {}
+        for field, metric in ranked_on.items():
+            if metric is not None and metric not in metric_names(self):
+                raise ValueError(f"{field}: {metric} is not a per-epoch metric of this model; "
+                                 f"allowed: {', '.join(sorted(metric_names(self)))}")
         if (self.search and "://" in self.search.storage and self.tracking.enabled and not self.tracking.uri):
             raise ValueError("tracking.uri: required when search.storage is a URI (the default sqlite store "
                              "lives beside local storage); give an MLflow server, e.g. http://mlflow:5000")

@@ -5,8 +5,8 @@ artifact; `thesis_figures` makes every one that applies to a model. Codes are de
 posterior mean of z and the argmax one-hot of c, decoded to the decoder mean sigmoid(logits).
 Every function runs the model in eval mode (BatchNorm on its running statistics, so a single image
 works) without autograd, and restores the modules' modes afterwards.
-Image grids are torchvision's make_grid (padding 2). Plots use matplotlib's Agg canvas, imported only
-when a plot is made and without pyplot, so no global backend or figure registry is touched.
+Image grids are torchvision's make_grid (padding 2); plots use matplotlib's Agg canvas without pyplot, so no
+global backend or figure registry is touched. Both are imported only when a figure is made.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from . import data as datasets
 from .config import MISpec
@@ -197,6 +196,8 @@ def _probs(vae: VAE, images: torch.Tensor) -> torch.Tensor:
 
 def _save_grid(images: torch.Tensor, path, nrow: int) -> Path:
     path = _prepared(path)
+    from torchvision.utils import save_image  # here: importing torchvision costs 1.6 s, a figure is rarely made
+
     save_image(images.float().cpu(), path, nrow=nrow)
     return path
 

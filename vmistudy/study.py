@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
+from ray.tune.result import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
@@ -121,9 +123,9 @@ def _scheduler(spec: StudySpec) -> TrialScheduler:
     search = spec.search
     if search.scheduler.name == "none":
         return FIFOScheduler()
-    return SparingASHA(search, metric=search.metric, mode=search.mode, time_attr="epoch",
-                       max_t=spec.train.epochs, grace_period=search.scheduler.grace_period,
-                       reduction_factor=search.scheduler.reduction_factor)
+    rungs = search.scheduler
+    return SparingASHA(search, metric=rungs.metric or search.metric, mode=rungs.mode or search.mode, time_attr="epoch",
+                       max_t=spec.train.epochs, grace_period=rungs.grace_period, reduction_factor=rungs.reduction_factor)
 
 
 def trial_spec(spec: StudySpec, config: dict) -> StudySpec:
@@ -252,6 +254,27 @@ class EndTrialRuns(tune.Callback):
         self.tracker.end_trial(trial.trial_id, "FAILED", (trial.last_result or {}).get(RUN_ID))
 
 
+class KeepTrialLogs(tune.Callback):
+    """Driver side: a trial restored without a Tune checkpoint keeps the logs of its first life.
+
+    Tune starts such a trial's result.json and progress.csv afresh, as if it started over; a vmistudy trial
+    goes on from its own saved state (see _Trial), so its logs go on too. Placed before Tune's loggers,
+    this copies the stored files back into the trial's fresh local folder before they open them.
+    """
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
+            local = Path(trial.local_path, name)
+            if local.exists():  # the same driver restarting a trial: the logs are already here
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                pyarrow.fs.copy_files(Path(trial.storage.trial_fs_path, name).as_posix(), local.as_posix(),
+                                      source_filesystem=trial.storage.storage_filesystem)
+            except FileNotFoundError:  # a trial's first start
+                continue
+
+
 def _short_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
@@ -279,7 +302,7 @@ def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker, callbacks: 
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # a trial's last-epoch checkpoint (its only one, see _Trial) makes Tune save the experiment state
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1, stop=stop,
-            callbacks=[EndTrialRuns(tracker), *callbacks]),
+            callbacks=[KeepTrialLogs(), EndTrialRuns(tracker), *callbacks]),
     )
 
 
