@@ -51,11 +51,17 @@ def test_conditional_parameter_sampled_only_when_its_condition_holds():
     assert min(seen.values()) > 0
 
 
-def test_asha_ranks_rungs_on_the_scheduler_metric_else_the_search_metric():
-    own = study._scheduler(make_spec(search={**SEARCH, "scheduler": {"metric": "kl_categorical"}}))
-    assert (own.metric, own._mode) == ("kl_categorical", "max")
-    inherited = study._scheduler(make_spec(search={**SEARCH, "metric": "elbo", "mode": "min"}))
-    assert (inherited.metric, inherited._mode) == ("elbo", "min")
+def test_asha_rungs_rank_on_the_scheduler_metric_at_the_first_milestones():
+    def rungs(**scheduler):
+        asha = study._scheduler(make_spec(search={**SEARCH, "scheduler": scheduler}, train={"epochs": 15}))
+        return asha.metric, asha._mode, [milestone for milestone, _ in asha._brackets[0]._rungs]
+
+    assert rungs() == ("kl_categorical", "max", [1])  # the default: a label-free early signal, one rung
+    assert rungs(rungs=None, grace_period=2) == ("kl_categorical", "max", [8, 4, 2])
+    assert rungs(metric="elbo", mode="min", rungs=2) == ("elbo", "min", [2, 1])
+    gaussian_only = make_spec(model={"categories": None}, mi={"categorical": False, "gaussian": [0]},
+                              search={**SEARCH, "metric": "elbo", "mode": "min"})
+    assert study.rung_ranking(gaussian_only) == ("elbo", "min")
 
 
 def test_grid_counts_every_point_once():

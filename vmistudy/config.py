@@ -171,12 +171,16 @@ class MISubset(Section):
 
 
 class SchedulerSpec(Section):
+    """ASHA's rungs. The defaults are the measured best on the learning-curve table (docs/STUDY_LAYER.md): early
+    accuracy ranks the eventual best configurations last, kl_categorical at epoch 1 ranks them in the top half."""
     name: Literal["asha", "none"] = "asha"
     grace_period: StrictInt = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
-    reduction_factor: float = Field(2.0, gt=1)
-    metric: str | None = Field(None, description="what rungs rank trials on; null: search.metric (a label-free "
-                                                 "early signal such as kl_categorical may rank better early)")
-    mode: Literal["max", "min"] | None = Field(None, description="null: search.mode")
+    reduction_factor: float = Field(2.0, gt=1, description="a rung keeps the top 1/reduction_factor")
+    rungs: StrictInt | None = Field(1, ge=1, description="rungs where trials may stop (at grace_period, "
+                                                         "x reduction_factor, ...); null: every one below max_t")
+    metric: str | None = Field(None, description="what rungs rank on; null: kl_categorical (max) for a model "
+                                                 "with a categorical code, else search.metric and search.mode")
+    mode: Literal["max", "min"] = Field("max", description="direction of scheduler.metric")
 
 
 SUBSET_PATH = "mi.subset"  # the search-space key that picks one of search.subsets by name
@@ -187,7 +191,7 @@ class SearchSpec(Section):
     mode: Literal["max", "min"] = "max"
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     seed: StrictInt = Field(0, ge=0, description="seed of the sampler")
-    startup_trials: StrictInt = Field(10, ge=1, description="optuna: configurations sampled at random before TPE")
+    startup_trials: StrictInt = Field(5, ge=1, description="optuna: configurations sampled at random before TPE")
     multivariate: StrictBool = Field(True, description="optuna: TPE models the parameters jointly")
     num_samples: StrictInt = Field(4, ge=1, description="configurations to try (grid: ignored, each point once)")
     max_concurrent: StrictInt | None = Field(None, ge=1)

@@ -91,11 +91,14 @@ def is_twin(config: dict, search: SearchSpec) -> bool:
 
 
 class SparingASHA(AsyncHyperBandScheduler):
-    """ASHA that lets lambda_mi = 0 twins run to the end, so every pair is complete."""
+    """ASHA that decides at its first `rungs` milestones only and lets lambda_mi = 0 twins run to the end, so
+    every pair is complete."""
 
-    def __init__(self, search: SearchSpec, **kwargs):
+    def __init__(self, search: SearchSpec, rungs: int | None, **kwargs):
         super().__init__(**kwargs)
         self.search = search
+        for bracket in self._brackets:  # one bracket; its rungs run from the last milestone down to the first
+            bracket._rungs = bracket._rungs[-rungs:] if rungs else bracket._rungs
 
     def on_trial_result(self, tune_controller, trial, result):
         if is_twin(trial.config, self.search):
@@ -105,6 +108,17 @@ class SparingASHA(AsyncHyperBandScheduler):
     def on_trial_complete(self, tune_controller, trial, result):
         if not is_twin(trial.config, self.search):
             super().on_trial_complete(tune_controller, trial, result)
+
+
+EARLY_SIGNAL = ("kl_categorical", "max")  # the rungs' default ranking for a model with a categorical code
+
+
+def rung_ranking(spec: StudySpec) -> tuple[str, str]:
+    """The metric and mode ASHA's rungs rank trials on."""
+    rungs, search = spec.search.scheduler, spec.search
+    if rungs.metric:
+        return rungs.metric, rungs.mode
+    return EARLY_SIGNAL if spec.model.categories else (search.metric, search.mode)
 
 
 def _search_algorithm(spec: StudySpec) -> Replicates:
@@ -124,8 +138,9 @@ def _scheduler(spec: StudySpec) -> TrialScheduler:
     if search.scheduler.name == "none":
         return FIFOScheduler()
     rungs = search.scheduler
-    return SparingASHA(search, metric=rungs.metric or search.metric, mode=rungs.mode or search.mode, time_attr="epoch",
-                       max_t=spec.train.epochs, grace_period=rungs.grace_period, reduction_factor=rungs.reduction_factor)
+    metric, mode = rung_ranking(spec)
+    return SparingASHA(search, rungs.rungs, metric=metric, mode=mode, time_attr="epoch", max_t=spec.train.epochs,
+                       grace_period=rungs.grace_period, reduction_factor=rungs.reduction_factor)
 
 
 def trial_spec(spec: StudySpec, config: dict) -> StudySpec:
@@ -287,8 +302,9 @@ def _bound_trainable(spec: StudySpec, tracker: StudyTracker | NullStudyTracker):
 
 
 def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker, callbacks: tuple[tune.Callback, ...] = (),
-          stop: tune.Stopper | None = None) -> tune.Tuner:
-    """The study's Tuner; `callbacks` and `stop` are Tune's, for whoever watches the study (the benchmarks)."""
+          stop: tune.Stopper | None = None, verbose: int = 1) -> tune.Tuner:
+    """The study's Tuner; `callbacks`, `stop` and `verbose` are Tune's, for whoever watches the study (the
+    benchmarks)."""
     search = spec.search
     return tune.Tuner(
         _bound_trainable(spec, tracker),
@@ -301,7 +317,7 @@ def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker, callbacks: 
             name=spec.name, storage_path=storage_path(spec),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # a trial's last-epoch checkpoint (its only one, see _Trial) makes Tune save the experiment state
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1, stop=stop,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose, stop=stop,
             callbacks=[KeepTrialLogs(), EndTrialRuns(tracker), *callbacks]),
     )
 
