@@ -15,6 +15,7 @@ noise, and how well each epoch ranks the configurations by their final value.
 from __future__ import annotations
 
 import argparse
+import math
 import concurrent.futures
 import itertools
 import json
@@ -138,6 +139,16 @@ def summarize(table: pd.DataFrame, metric: str) -> None:
     ranks = means.rank().corr(method="pearson")[table.epoch.max()]  # Spearman: Pearson of the ranks
     print("\nrank correlation of each epoch's mean with the final one: "
           + ", ".join(f"{e}: {r:+.2f}" for e, r in ranks.items()))
+    top = per_config["mean"].nlargest(math.ceil(0.05 * len(per_config))).index
+    print(f"\nwhere the top 5% ({len(top)} configurations) rank among all at early epochs, what a rung sees "
+          "(percentile per seed; median, lowest):")
+    for early in dict.fromkeys([metric, "kl_categorical", "mi_lower_bound"]):
+        cells = []
+        for epoch in range(1, 5):
+            at = table[table.epoch == epoch].set_index(fields)
+            ranks = pd.concat([seed_rows[early].rank(pct=True).loc[top] for _, seed_rows in at.groupby("seed")])
+            cells.append(f"epoch {epoch}: {ranks.median():.2f}, {ranks.min():.2f}")
+        print(f"  {early}: " + "; ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> None:

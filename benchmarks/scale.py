@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +97,16 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
 
 
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; SIGKILL it if its workers are still draining after 30 s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def measure(store: str, trials: int, table: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -124,8 +135,7 @@ def measure(store: str, trials: int, table: Path) -> dict:
             report = time.perf_counter() - start
         finally:
             if server:
-                os.killpg(server.pid, 15)
-                server.wait(timeout=30)
+                stop(server)
     return {"store": store, "trials": trials, "results": results, "wall_s": wall,
             "driver_ms_per_result": 1000 * driver["cpu_s"] / results, "driver_peak_mb": driver["max_rss_mb"],
             "mlflow_ms_per_epoch": 1000 * json.loads(logged.stdout), "report_s": report}

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 from mlflow import MlflowClient
 
 from conftest import PYTHON
@@ -168,3 +169,17 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     exp = client.get_experiment_by_name("tiny")
     (parent,) = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'study'")
     assert "report/report.md" in {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_pairs_join_each_run_to_its_twin_of_the_same_configuration_and_seed():
+    from vmistudy import report
+
+    def run(name, lam, seed, cap, acc):
+        return {"tags.mlflow.runName": name, "run_id": f"id-{name}", "lambda_mi": lam, "seed": seed,
+                "params.mi.lambda_mi": lam, "params.train.seed": seed, "params.cap": cap, "metrics.acc": acc}
+
+    runs = pd.DataFrame([run("a", 5.0, 0, None, 0.9), run("a0", 0.0, 0, None, 0.5), run("b", 5.0, 1, None, 0.8),
+                         run("c", 2.0, 0, 2.0, 0.7), run("c0", 0.0, 0, 2.0, 0.6), run("d", 5.0, 0, 2.0, 0.4)])
+    paired = report._pairs(runs, ["acc"])
+    assert list(zip(paired.run, paired.twin)) == [("a", "a0"), ("c", "c0"), ("d", "c0")]  # b's seed has no twin
+    assert paired["acc diff"].round(6).tolist() == [0.4, 0.1, -0.2] and paired.twin_id.tolist()[0] == "id-a0"

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from PIL import Image
-from scipy import stats
 
 from . import config, layout, tracking
 from .cli import command, load_study
@@ -59,20 +58,16 @@ def _configuration_columns(runs: pd.DataFrame) -> list[str]:
 def _pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Each lambda > 0 run beside its lambda = 0 twin (same configuration, same seed), with the differences."""
     keys = _configuration_columns(runs) + ["seed"]
-    base = runs[runs.lambda_mi == 0].set_index(keys)
-    rows = []
-    for _, run in runs[runs.lambda_mi > 0].iterrows():
-        key = tuple(run[k] for k in keys) if len(keys) > 1 else run[keys[0]]
-        if key not in base.index:
-            continue
-        twin = base.loc[[key]].iloc[0]
-        row = {"run": run["tags.mlflow.runName"], "twin": twin["tags.mlflow.runName"], "seed": run["seed"],
-               "lambda_mi": run["lambda_mi"], "run_id": run["run_id"], "twin_id": twin["run_id"]}
-        for m in metrics:
-            row[m], row[f"{m} (twin)"] = run[f"metrics.{m}"], twin[f"metrics.{m}"]
-            row[f"{m} diff"] = run[f"metrics.{m}"] - twin[f"metrics.{m}"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    shown = ["tags.mlflow.runName", "run_id", *(f"metrics.{m}" for m in metrics)]
+    twins = runs[runs.lambda_mi == 0].drop_duplicates(keys)[keys + shown]  # a join, not a lookup per run: 1,000s
+    merged = runs[runs.lambda_mi > 0].merge(twins, on=keys, suffixes=("", " (twin)"))
+    paired = pd.DataFrame({"run": merged["tags.mlflow.runName"], "twin": merged["tags.mlflow.runName (twin)"],
+                           "seed": merged["seed"], "lambda_mi": merged["lambda_mi"], "run_id": merged["run_id"],
+                           "twin_id": merged["run_id (twin)"]})
+    for m in metrics:
+        run, twin = merged[f"metrics.{m}"], merged[f"metrics.{m} (twin)"]
+        paired[m], paired[f"{m} (twin)"], paired[f"{m} diff"] = run, twin, run - twin
+    return paired
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -86,6 +81,8 @@ def _mean_ci(values: pd.Series) -> str:
     values = values.dropna()
     if len(values) < 2:
         return f"{values.mean():.4f} (n={len(values)})"
+    from scipy import stats  # here: importing it costs a second, and only pairs over seeds need it
+
     half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     return f"{values.mean():.4f} +- {half:.4f} (n={len(values)})"
 
