@@ -291,7 +291,7 @@ class KeepTrialLogs(tune.Callback):
 
 
 def _short_name(trial) -> str:
-    return f"{trial.trainable_name}_{trial.trial_id}"
+    return f"{trial.trainable_name.lstrip('_')}_{trial.trial_id}"  # also the run's name: matplotlib hides _labels
 
 
 def _bound_trainable(spec: StudySpec, tracker: StudyTracker | NullStudyTracker):
