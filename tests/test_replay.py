@@ -27,7 +27,8 @@ def accuracy(lam: float, beta: float, cap: float | None, seed: int, epoch: int) 
 def table_path(tmp_path_factory):
     rows = [{"mi.lambda_mi": lam, "train.beta": beta, "train.capacity.gaussian.cap": cap, "seed": seed,
              "epoch": epoch, "step": 10 * epoch, "accuracy_hungarian": accuracy(lam, beta, cap, seed, epoch),
-             "mi_lower_bound": lam * epoch / 10, "elbo": -100.0 - epoch, "seconds": 0.5}
+             "mi_lower_bound": lam * epoch / 10, "kl_categorical": (1 + lam) * epoch / 20, "elbo": -100.0 - epoch,
+             "seconds": 0.5}
             for lam, beta, cap, seed in itertools.product(LAMBDAS, BETAS, CAPS, SEEDS)
             for epoch in range(1, EPOCHS + 1)]
     path = tmp_path_factory.mktemp("table") / "curves.csv.gz"
@@ -57,6 +58,8 @@ def test_a_table_point_is_found_at_the_nearest_configuration(table_path):
     ({"search": {"space": {"train.lr": {"choice": [0.1, 0.2]}}}}, "search.space.train.lr: the replayed table has no"),
     ({"search": {"replicates": 3}}, "train.seed: the replayed table has seeds [0, 1]; this study needs [0, 1, 2]"),
     ({"train": {"epochs": 5}, "search": {}}, "train.epochs: the replayed table has 4 epochs per run, got 5"),
+    ({"search": {"metric": "nmi"}}, "search.metric: the replayed table has no nmi column (it has step,"),
+    ({"search": {"scheduler": {"metric": "kl_z0"}}}, "search.scheduler.metric: the replayed table has no kl_z0"),
 ])
 def test_a_study_the_table_cannot_replay_is_refused_naming_the_field(table_path, change, message):
     spec = spec_at(table_path, **change)

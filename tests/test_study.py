@@ -61,7 +61,7 @@ def test_asha_rungs_rank_on_the_scheduler_metric_at_the_first_milestones():
     assert rungs(metric="elbo", mode="min", rungs=2) == ("elbo", "min", [2, 1])
     gaussian_only = make_spec(model={"categories": None}, mi={"categorical": False, "gaussian": [0]},
                               search={**SEARCH, "metric": "elbo", "mode": "min"})
-    assert study.rung_ranking(gaussian_only) == ("elbo", "min")
+    assert config.rung_ranking(gaussian_only) == ("elbo", "min")
 
 
 def test_grid_counts_every_point_once():

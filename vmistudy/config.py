@@ -450,6 +450,17 @@ def flatten(spec: StudySpec | Recipe) -> dict[str, Any]:
     return out
 
 
+EARLY_SIGNAL = ("kl_categorical", "max")  # the rungs' default ranking for a model with a categorical code
+
+
+def rung_ranking(spec: StudySpec) -> tuple[str, str]:
+    """The metric and mode ASHA's rungs rank trials on (search.scheduler)."""
+    rungs, search = spec.search.scheduler, spec.search
+    if rungs.metric:
+        return rungs.metric, rungs.mode
+    return EARLY_SIGNAL if spec.model.categories else (search.metric, search.mode)
+
+
 def metric_names(spec: StudySpec | Recipe) -> set[str]:
     """The per-epoch metrics a model of this spec reports (see the README's metrics table)."""
     names = {"epoch", "step", "temperature", "train_loss", "train_mi_lower_bound", "images_per_second", "epoch_seconds",

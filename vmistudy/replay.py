@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import StudySpec, flatten
+from .config import StudySpec, flatten, rung_ranking
 from .errors import InputError
 
 Curve = list[dict[str, float]]
@@ -63,6 +63,13 @@ class CurveTable:
         if not wanted <= set(self.seeds):
             raise InputError(f"train.seed: the replayed table has seeds {self.seeds}; this study needs "
                              f"{sorted(wanted)} (train.seed + replicates)")
+        ranked_on = {"search.metric": search.metric}
+        if search.scheduler.name == "asha":
+            ranked_on["search.scheduler.metric"] = rung_ranking(spec)[0]
+        for field, metric in ranked_on.items():
+            if metric not in self.metrics:
+                raise InputError(f"{field}: the replayed table has no {metric} column (it has "
+                                 f"{', '.join(m for m in self.metrics if m != 'epoch')})")
         epochs = min(len(c) for curves in self.curves.values() for c in curves.values())
         if spec.train.epochs > epochs:
             raise InputError(f"train.epochs: the replayed table has {epochs} epochs per run, got {spec.train.epochs}")

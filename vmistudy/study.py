@@ -30,7 +30,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from . import data as datasets
 from . import figures, replay
-from .config import SUBSET_PATH, SearchSpec, StudySpec, validate
+from .config import SUBSET_PATH, SearchSpec, StudySpec, rung_ranking, validate
 from .layout import experiment_path, read_bytes, storage_path, trial_state_path, write_bytes
 from .tracking import NullStudyTracker, StudyTracker, TrialTracker
 from .trainer import Epoch, Trainer, save_checkpoint
@@ -108,17 +108,6 @@ class SparingASHA(AsyncHyperBandScheduler):
     def on_trial_complete(self, tune_controller, trial, result):
         if not is_twin(trial.config, self.search):
             super().on_trial_complete(tune_controller, trial, result)
-
-
-EARLY_SIGNAL = ("kl_categorical", "max")  # the rungs' default ranking for a model with a categorical code
-
-
-def rung_ranking(spec: StudySpec) -> tuple[str, str]:
-    """The metric and mode ASHA's rungs rank trials on."""
-    rungs, search = spec.search.scheduler, spec.search
-    if rungs.metric:
-        return rungs.metric, rungs.mode
-    return EARLY_SIGNAL if spec.model.categories else (search.metric, search.mode)
 
 
 def _search_algorithm(spec: StudySpec) -> Replicates:
