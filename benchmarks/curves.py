@@ -15,10 +15,10 @@ noise, and how well each epoch ranks the configurations by their final value.
 from __future__ import annotations
 
 import argparse
-import math
 import concurrent.futures
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -146,8 +146,8 @@ def summarize(table: pd.DataFrame, metric: str) -> None:
         cells = []
         for epoch in range(1, 5):
             at = table[table.epoch == epoch].set_index(fields)
-            ranks = pd.concat([seed_rows[early].rank(pct=True).loc[top] for _, seed_rows in at.groupby("seed")])
-            cells.append(f"epoch {epoch}: {ranks.median():.2f}, {ranks.min():.2f}")
+            percentiles = pd.concat([rows[early].rank(pct=True).loc[top] for _, rows in at.groupby("seed")])
+            cells.append(f"epoch {epoch}: {percentiles.median():.2f}, {percentiles.min():.2f}")
         print(f"  {early}: " + "; ".join(cells))
 
 

@@ -172,7 +172,7 @@ class MISubset(Section):
 
 class SchedulerSpec(Section):
     """ASHA's rungs. The defaults are the measured best on the learning-curve table (docs/STUDY_LAYER.md): early
-    accuracy ranks the eventual best configurations last, kl_categorical at epoch 1 ranks them in the top half."""
+    accuracy ranks the eventual best configurations last, kl_categorical at epoch 1 mostly in the top half."""
     name: Literal["asha", "none"] = "asha"
     grace_period: StrictInt = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="a rung keeps the top 1/reduction_factor")
@@ -455,9 +455,9 @@ EARLY_SIGNAL = ("kl_categorical", "max")  # the rungs' default ranking for a mod
 
 def rung_ranking(spec: StudySpec) -> tuple[str, str]:
     """The metric and mode ASHA's rungs rank trials on (search.scheduler)."""
-    rungs, search = spec.search.scheduler, spec.search
-    if rungs.metric:
-        return rungs.metric, rungs.mode
+    scheduler, search = spec.search.scheduler, spec.search
+    if scheduler.metric:
+        return scheduler.metric, scheduler.mode
     return EARLY_SIGNAL if spec.model.categories else (search.metric, search.mode)
 
 

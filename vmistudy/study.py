@@ -97,6 +97,7 @@ class SparingASHA(AsyncHyperBandScheduler):
     def __init__(self, search: SearchSpec, rungs: int | None, **kwargs):
         super().__init__(**kwargs)
         self.search = search
+        # Tune has no setting for this (a smaller max_t would also end every trial there): keep the first rungs
         for bracket in self._brackets:  # one bracket; its rungs run from the last milestone down to the first
             bracket._rungs = bracket._rungs[-rungs:] if rungs else bracket._rungs
 
@@ -126,10 +127,11 @@ def _scheduler(spec: StudySpec) -> TrialScheduler:
     search = spec.search
     if search.scheduler.name == "none":
         return FIFOScheduler()
-    rungs = search.scheduler
+    scheduler = search.scheduler
     metric, mode = rung_ranking(spec)
-    return SparingASHA(search, rungs.rungs, metric=metric, mode=mode, time_attr="epoch", max_t=spec.train.epochs,
-                       grace_period=rungs.grace_period, reduction_factor=rungs.reduction_factor)
+    return SparingASHA(search, scheduler.rungs, metric=metric, mode=mode, time_attr="epoch",
+                       max_t=spec.train.epochs, grace_period=scheduler.grace_period,
+                       reduction_factor=scheduler.reduction_factor)
 
 
 def trial_spec(spec: StudySpec, config: dict) -> StudySpec:
@@ -275,8 +277,8 @@ class KeepTrialLogs(tune.Callback):
             try:
                 pyarrow.fs.copy_files(Path(trial.storage.trial_fs_path, name).as_posix(), local.as_posix(),
                                       source_filesystem=trial.storage.storage_filesystem)
-            except FileNotFoundError:  # a trial's first start
-                continue
+            except FileNotFoundError:  # a trial's first start: nothing stored yet
+                pass
 
 
 def _short_name(trial) -> str:
