@@ -94,7 +94,7 @@ def baseline_steps(spec: StudySpec) -> Iterator[int]:
             q_opt.step()
             # VAE step on a second forward
             out = vae(x, tau, rng)
-            entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
+            entropies = target_entropy(spec.mi, out.posterior)
             log_q = q.log_prob(mean_image(out.logits), *mi_targets(out, spec.mi))
             loss = elbo_terms(out, x, spec.model).loss(spec.train, step) - spec.mi.lambda_mi * mi_lower_bound(
                 log_q, entropies)

@@ -11,6 +11,7 @@ from torchvision.utils import make_grid
 
 from vmistudy import config, figures
 from vmistudy import data as datasets
+from conftest import rescale_z_hat
 from vmistudy.trainer import Trainer, build_vae
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -183,3 +184,19 @@ def test_prior_samples_follow_the_generator(data, tmp_path):
     first = draw(1, "a.png")
     assert first.shape == grid_shape(10, math.ceil(math.sqrt(10)), data.image_shape)
     assert np.array_equal(first, draw(1, "b.png")) and not np.array_equal(first, draw(2, "c.png"))
+
+
+def test_traversals_move_z_in_units_of_its_own_spread(data, tmp_path):
+    """A model whose z^ was rescaled (the decoder undoing it) shows the same traversal; in the prior's units
+    it would show ten times the range."""
+    trainer = Trainer(spec(mi={"gaussian": [0, 2], "categorical": True}).recipe, data)
+    trainer.train_epoch()
+    scaled, _ = rescale_z_hat(trainer.vae, trainer.q, [0, 2], 0.1)
+    x, grids, units = data.test_images[:1], {}, {}
+    for name, vae in (("model", trainer.vae), ("rescaled", scaled)):
+        units[name] = figures.aggregate_units(vae, data.test_images)
+        grids[name] = read_png(figures.traversal_pair(vae, x, (0, 2), tmp_path / f"{name}.png", units=units[name]))
+    assert torch.allclose(units["rescaled"][1][[0, 2]], 0.1 * units["model"][1][[0, 2]], rtol=1e-4)
+    assert np.abs(grids["model"].astype(int) - grids["rescaled"]).max() <= 1
+    prior_units = read_png(figures.traversal_pair(scaled, x, (0, 2), tmp_path / "prior.png"))
+    assert np.abs(grids["rescaled"].astype(int) - prior_units).max() > 10

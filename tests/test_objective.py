@@ -12,8 +12,8 @@ from torch.distributions import Normal
 from conftest import make_spec
 from vmistudy import config
 from vmistudy import data as datasets
-from vmistudy.latents import standard_normal_entropy
-from vmistudy.networks import Forward, QNetwork, mean_image
+from vmistudy.latents import DiagonalGaussian, GumbelSoftmax, mixture_entropy_lower_bound, standard_normal_entropy
+from vmistudy.networks import Forward, Posterior, QNetwork, mean_image
 from vmistudy.objective import (capacity, elbo_terms, mi_lower_bound, mi_targets, reconstruction_nll,
                                 target_entropy, temperature)
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
@@ -206,35 +206,50 @@ def test_mi_targets_select_the_listed_gaussian_columns():
     assert z_hat is None and c_hat is c
 
 
+def _posterior(probs=None, mean=None, log_var=None) -> Posterior:
+    return Posterior(DiagonalGaussian(mean, log_var) if mean is not None else None,
+                     GumbelSoftmax(probs.log()) if probs is not None else None)
+
+
 def test_target_entropy_prior_vs_aggregate():
     probs = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1]])
-    aggregate = target_entropy(config.MISpec(entropy="aggregate"), probs)["categorical"]
-    prior = target_entropy(config.MISpec(entropy="prior"), probs)["categorical"]
+    aggregate = target_entropy(config.MISpec(entropy="aggregate"), _posterior(probs))["categorical"]
+    prior = target_entropy(config.MISpec(entropy="prior"), _posterior(probs))["categorical"]
     assert prior == pytest.approx(math.log(3))
     marginal = probs.mean(0)
     assert aggregate.item() == pytest.approx(-(marginal * marginal.log()).sum().item(), rel=1e-6)
     assert aggregate.item() < prior - 0.05
     # a batch whose marginal is uniform makes the two agree
-    balanced = torch.eye(3)
-    assert target_entropy(config.MISpec(entropy="aggregate"), balanced)["categorical"].item() == \
+    balanced = torch.eye(3).clamp_min(1e-30)
+    assert target_entropy(config.MISpec(entropy="aggregate"), _posterior(balanced))["categorical"].item() == \
         pytest.approx(math.log(3), abs=1e-6)
 
 
-def test_target_entropy_of_gaussian_targets_is_the_prior_entropy():
-    parts = target_entropy(config.MISpec(gaussian=[0, 2, 5], categorical=False), None)
-    assert set(parts) == {"gaussian"}
-    assert parts["gaussian"] == pytest.approx(standard_normal_entropy(3))
-    both = target_entropy(config.MISpec(gaussian=[1], categorical=True), torch.full((2, 4), 0.25))
-    assert set(both) == {"gaussian", "categorical"}
-    assert both["gaussian"] == pytest.approx(0.5 * math.log(2 * math.pi * math.e))
+def test_target_entropy_of_gaussian_targets_prior_constant_or_aggregate_bound_of_the_listed_dims():
+    g = torch.Generator().manual_seed(0)
+    mean, log_var = torch.randn(50, 6, generator=g), torch.randn(50, 6, generator=g) - 2
+    posterior = _posterior(torch.full((50, 4), 0.25), mean, log_var)
+    prior = target_entropy(config.MISpec(gaussian=[0, 2, 5], categorical=False, entropy="prior"), posterior)
+    assert set(prior) == {"gaussian"}
+    assert prior["gaussian"] == pytest.approx(standard_normal_entropy(3))
+    aggregate = target_entropy(config.MISpec(gaussian=[0, 2, 5], categorical=True), posterior)
+    assert set(aggregate) == {"gaussian", "categorical"}
+    listed = mixture_entropy_lower_bound(DiagonalGaussian(mean[:, [0, 2, 5]], log_var[:, [0, 2, 5]]))
+    assert aggregate["gaussian"].item() == pytest.approx(listed.item(), rel=1e-6)
+    assert aggregate["categorical"].item() == pytest.approx(math.log(4), rel=1e-6)
 
 
 def test_aggregate_entropy_carries_gradient_prior_does_not():
     logits = torch.tensor([[2.0, 0.0, -1.0], [1.0, 0.5, 0.0]], requires_grad=True)
-    h = target_entropy(config.MISpec(entropy="aggregate"), F.softmax(logits, -1))["categorical"]
-    (grad,) = torch.autograd.grad(h, logits)
-    assert grad.abs().sum() > 0
-    assert isinstance(target_entropy(config.MISpec(entropy="prior"), F.softmax(logits, -1))["categorical"], float)
+    mean = torch.tensor([[0.3, -1.0], [1.2, 0.4]], requires_grad=True)
+    log_var = torch.full((2, 2), -1.0, requires_grad=True)
+    posterior = Posterior(DiagonalGaussian(mean, log_var), GumbelSoftmax(logits))
+    h = target_entropy(config.MISpec(gaussian=[0, 1], entropy="aggregate"), posterior)
+    for part, leaves in (("categorical", [logits]), ("gaussian", [mean, log_var])):
+        grads = torch.autograd.grad(h[part], leaves)
+        assert all(grad.abs().sum() > 0 for grad in grads), part
+    prior = target_entropy(config.MISpec(gaussian=[0, 1], entropy="prior"), posterior)
+    assert all(isinstance(value, float) for value in prior.values())
 
 
 def test_mi_lower_bound_is_mean_log_q_plus_entropy_summed_over_parts():
@@ -270,7 +285,7 @@ def test_mi_gradient_reaches_encoder_and_decoder_but_not_q(mi):
     vae, x, out = _forward(spec)
     q = build_q(spec, (1, 28, 28))
     z_hat, c_hat = mi_targets(out, spec.mi)
-    entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
+    entropies = target_entropy(spec.mi, out.posterior)
     bound = mi_lower_bound(q.log_prob(mean_image(out.logits), z_hat, c_hat), entropies)
     groups = {"body": list(vae.body.parameters()), "head": list(vae.head.parameters()),
               "decoder": list(vae.decoder.parameters())}
@@ -308,7 +323,7 @@ def _hand_step(spec, vae, q, x, lambda_mi):
     out = vae(x, temperature(0, spec.train.temperature), rng)
     x_tilde = mean_image(out.logits)
     z_hat, c_hat = mi_targets(out, spec.mi)
-    entropies = target_entropy(spec.mi, out.posterior.categorical.probs)
+    entropies = target_entropy(spec.mi, out.posterior)
 
     log_q = q.log_prob(x_tilde.detach(), *(t.detach() if t is not None else None for t in (z_hat, c_hat)))
     (-sum(log_q.values()).mean()).backward()

@@ -130,8 +130,9 @@ class MISpec(Section):
     gaussian: list[StrictInt] = Field(default_factory=list, description="indices of Gaussian dims in c^")
     categorical: StrictBool = True
     entropy: Literal["aggregate", "prior"] = Field(
-        "aggregate", description="H(c) of the categorical target: entropy of the batch's mean q(c|x) "
-                                 "(aggregate), or the constant log K of the thesis (prior, collapses)")
+        "aggregate", description="H(c^): of the aggregate posterior q(c^) over the batch or split (aggregate: exact "
+                                 "for c, a proven lower bound for Gaussian dims), or the thesis' prior constants "
+                                 "log K and |S|/2 log(2 pi e) (prior: c collapses, z^ gains by shrinking)")
     fresh_q_steps: StrictInt = Field(0, ge=0, description="after the last epoch, fit a fresh Q to the frozen VAE "
                                      "for this many Adam steps (thesis eq. 4.8) and report frozen_mi_lower_bound_"
                                      "encoder and _prior; 0: off")

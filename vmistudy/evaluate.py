@@ -3,12 +3,15 @@
     python -m vmistudy.evaluate CHECKPOINT [--steps N] [--json]
 
 Two paths, both with hard categorical draws c ~ Cat(.):
-  encoder: x ~ data, z ~ q(z|x), c ~ q(c|x), x~ = decoder mean   (the thesis' own; H(c) is the entropy
-           of the aggregated posterior over the test split, H(z^) the prior's, exact only if q(z) = p(z));
-  prior:   z ~ N(0, I), c ~ Uniform(K), x~ = decoder mean        (H(c^) exact: log K, |S|/2 log(2 pi e)).
+  encoder: x ~ data, z ~ q(z|x), c ~ q(c|x), x~ = decoder mean   (the thesis' own; H(c^) is that of the
+           aggregate posterior over the test split: exact for c, a proven lower bound for z^, so the bound holds
+           and does not change when z^ is rescaled);
+  prior:   z ~ N(0, I), c ~ Uniform(K), x~ = decoder mean        (H(c^) exact: log K, |S|/2 log(2 pi e); a bound
+           on the MI of a different joint, which moves when the decoder is rescaled against the encoder).
 Both bound I(c^; x~). Beside them, the thesis' reference E_x KL(q(c^|x) || p(c^)) (eq. 4.23) on the test
 split: an upper bound on I(x; c^), not on I(c^; x~), since x~ is decoded from c^ itself.
-Q is fitted on training images (encoder path) or fresh prior draws, and scored on held-out ones.
+Q is fitted on training images (encoder path) or fresh prior draws, and scored on held-out ones. The printed
+standard error is the sampling error of the mean of log Q; the gap between Q and the true posterior is not in it.
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Each function writes one PNG and returns its path, so that a tracking adapter can log it as an
 artifact; `thesis_figures` makes every one that applies to a model. Codes are deterministic: the
 posterior mean of z and the argmax one-hot of c, decoded to the decoder mean sigmoid(logits).
+Traversals move z in units of its own spread: around the mean of the aggregate posterior q(z) over the test
+split, in steps of its standard deviation, so that a model that shrank or stretched z (which the decoder can
+undo) is shown over the same share of its code as any other.
 Every function runs the model in eval mode (BatchNorm on its running statistics, so a single image
 works) without autograd, and restores the modules' modes afterwards.
 Image grids are torchvision's make_grid (padding 2); plots use matplotlib's Agg canvas without pyplot, so no
@@ -41,30 +44,52 @@ def code(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor |
     return z, c
 
 
+Units = tuple[torch.Tensor, torch.Tensor]  # per Gaussian dim: the centre and the step of a traversal
+
+
+@_inferring
+def aggregate_units(vae: VAE, images: torch.Tensor) -> Units:
+    """Mean and standard deviation of the aggregate posterior q(z) over `images`, per dim:
+    var = Var_x(mean(z|x)) + E_x var(z|x)."""
+    _need(vae.d, "aggregate_units", "Gaussian")
+    posteriors = [vae.encode(_as_input(vae, batch)).gaussian for batch in images.split(STATS_BATCH)]
+    means = torch.cat([p.mean for p in posteriors])
+    variances = torch.cat([p.log_var.exp() for p in posteriors])
+    return means.mean(0), (means.var(0, correction=0) + variances.mean(0)).sqrt()
+
+
+def _steps(vae: VAE, units: Units | None, span: float, steps: int) -> torch.Tensor:
+    """[steps, d]: column i runs over centre_i + [-span, span] sd_i (the prior's units, 0 and 1, without units)."""
+    centre, sd = units if units is not None else (torch.zeros(vae.d), torch.ones(vae.d))
+    values = torch.linspace(-span, span, steps)[:, None] * sd.cpu() + centre.cpu()
+    return values.to(_device(vae))
+
+
 @_inferring
 def traversal_pair(vae: VAE, x: torch.Tensor, dims: tuple[int, int], path, steps: int = 7,
-                   span: float = 3.0) -> Path:
-    """Fig. 4.3: z[dims[0]] down the rows, z[dims[1]] across the columns, over [-span, span]."""
+                   span: float = 3.0, units: Units | None = None) -> Path:
+    """Fig. 4.3: z[dims[0]] down the rows, z[dims[1]] across the columns, over [-span, span] in `units`."""
     first, second = dims
     if not (0 <= first < vae.d and 0 <= second < vae.d and first != second):
         raise ValueError(f"traversal_pair: dims must be two distinct Gaussian dims in 0..{vae.d - 1}, got {dims}")
     z, c = code(vae, _one_image(vae, x))
-    values = torch.linspace(-span, span, steps, device=z.device)
+    values = _steps(vae, units, span, steps)
     z = z.repeat(steps * steps, 1)
-    z[:, first] = values.repeat_interleave(steps)  # make_grid fills row by row
-    z[:, second] = values.repeat(steps)
+    z[:, first] = values[:, first].repeat_interleave(steps)  # make_grid fills row by row
+    z[:, second] = values[:, second].repeat(steps)
     return _save_grid(_decode(vae, z, c), path, nrow=steps)
 
 
 @_inferring
-def traversal_rows(vae: VAE, x: torch.Tensor, path, steps: int = 11, span: float = 5.0) -> Path:
-    """Fig. 4.4 style: row i varies z[i] over [-span, span], the other dims stay at x's code."""
+def traversal_rows(vae: VAE, x: torch.Tensor, path, steps: int = 11, span: float = 5.0,
+                   units: Units | None = None) -> Path:
+    """Fig. 4.4 style: row i varies z[i] over [-span, span] in `units`, the other dims stay at x's code."""
     _need(vae.d, "traversal_rows", "Gaussian")
     z, c = code(vae, _one_image(vae, x))
-    values = torch.linspace(-span, span, steps, device=z.device)
+    values = _steps(vae, units, span, steps)
     z = z.repeat(vae.d * steps, 1)
     cells = torch.arange(vae.d * steps, device=z.device)
-    z[cells, cells // steps] = values.repeat(vae.d)
+    z[cells, cells // steps] = values.T.flatten()
     return _save_grid(_decode(vae, z, c), path, nrow=steps)
 
 
@@ -146,12 +171,14 @@ def thesis_figures(vae: VAE, mi: MISpec, data: datasets.ImageData, folder, *, n:
         figures["reconstructions"] = reconstructions(vae, first, folder / "reconstructions.png")
         figures["prior_samples"] = prior_samples(vae, folder / "prior_samples.png",
                                                  generator=torch.Generator().manual_seed(0))
+        units = aggregate_units(vae, data.test_images) if vae.d else None
         if vae.d >= 1:
-            figures["traversal_rows"] = traversal_rows(vae, first[:1], folder / "traversal_rows.png")
+            figures["traversal_rows"] = traversal_rows(vae, first[:1], folder / "traversal_rows.png", units=units)
         if vae.d >= 2:
             # the MI-target dims are the ones the regularizer should have made interpretable
             dims = tuple(mi.gaussian[:2]) if len(mi.gaussian) >= 2 else (0, 1)
-            figures["traversal_pair"] = traversal_pair(vae, first[:1], dims, folder / "traversal_pair.png")
+            figures["traversal_pair"] = traversal_pair(vae, first[:1], dims, folder / "traversal_pair.png",
+                                                       units=units)
         if vae.k:
             figures["categorical_swaps"] = categorical_swaps(vae, first, folder / "categorical_swaps.png")
             figures["probability_histogram"] = probability_histogram(

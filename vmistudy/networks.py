@@ -56,6 +56,16 @@ class Posterior:
     gaussian: DiagonalGaussian | None
     categorical: GumbelSoftmax | None
 
+    @classmethod
+    def cat(cls, batches: list[Posterior]) -> Posterior:
+        """The posteriors of several batches as one, e.g. of a whole split."""
+        first = batches[0]
+        gaussian = (DiagonalGaussian(torch.cat([b.gaussian.mean for b in batches]),
+                                     torch.cat([b.gaussian.log_var for b in batches])) if first.gaussian else None)
+        categorical = (GumbelSoftmax(torch.cat([b.categorical.log_probs for b in batches]))
+                       if first.categorical else None)
+        return cls(gaussian, categorical)
+
 
 @dataclass
 class Forward:

@@ -20,7 +20,7 @@ import torch
 from . import data as datasets
 from .config import Recipe
 from .metrics import accuracy_majority, cluster_scores, frozen_mi
-from .networks import VAE, QNetwork, inference, mean_image
+from .networks import VAE, Posterior, QNetwork, inference, mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
 
 EVAL_BATCH = 1000
@@ -115,7 +115,7 @@ class Trainer:
         out = self.vae(x, self.temperature, self.sample_rng)
         x_tilde = mean_image(out.logits)
         z_hat, c_hat = mi_targets(out, recipe.mi)
-        entropies = target_entropy(recipe.mi, out.posterior.categorical.probs if out.posterior.categorical else None)
+        entropies = target_entropy(recipe.mi, out.posterior)
 
         detached = [t.detach() if t is not None else None for t in (x_tilde, z_hat, c_hat)]
         terms = elbo_terms(out, x, recipe.model)
@@ -192,7 +192,7 @@ class Trainer:
         """Test-split metrics, per image, nats; accuracy/NMI of argmax q(c|x) against the labels."""
         rng = torch.Generator(self.device).manual_seed(EVAL_SEED)
         sums: dict[str, torch.Tensor] = {}
-        probs, n = [], len(self.data.test_images)
+        posteriors, n = [], len(self.data.test_images)
 
         def add(name: str, value: torch.Tensor) -> None:
             sums[name] = sums.get(name, 0) + value.sum(0)
@@ -209,20 +209,19 @@ class Trainer:
                 targets = mi_targets(out, self.recipe.mi)
                 for part, log_q in self.q.log_prob(mean_image(out.logits), *targets).items():
                     add(f"log_q_{part}", log_q)
-                if out.posterior.categorical:
-                    probs.append(out.posterior.categorical.probs)
-            purity = {"accuracy_majority_train": self.train_purity()} if probs else {}
+                posteriors.append(out.posterior)
+            purity = {"accuracy_majority_train": self.train_purity()} if self.vae.k else {}
 
         means = {k: v / n for k, v in sums.items()}
         metrics = {k: v.item() for k, v in means.items() if k != "kl_per_dim" and not k.startswith("log_q_")}
         if "kl_per_dim" in means:
             metrics.update({f"kl_z{i}": v for i, v in enumerate(means["kl_per_dim"].tolist())})
-        probs = torch.cat(probs) if probs else None
-        entropies = target_entropy(self.recipe.mi, probs)
+        posterior = Posterior.cat(posteriors)  # of the split: its mixture is the z^ the bound's samples follow
+        entropies = target_entropy(self.recipe.mi, posterior)
         bounds = {f"mi_lower_bound_{p}": means[f"log_q_{p}"].item() + float(h) for p, h in entropies.items()}
         metrics.update(bounds, mi_lower_bound=sum(bounds.values()))
-        if probs is not None:
-            metrics.update(cluster_scores(self.data.test_labels, probs.argmax(-1)), **purity)
+        if posterior.categorical:
+            metrics.update(cluster_scores(self.data.test_labels, posterior.categorical.probs.argmax(-1)), **purity)
         return metrics
 
     def frozen_mi_lower_bounds(self) -> dict[str, float]:
