@@ -11,7 +11,6 @@ rest; a test outside those markers that starts a process fails, naming the marke
 from __future__ import annotations
 
 import copy
-import math
 import os
 import subprocess
 import sys
@@ -145,21 +144,3 @@ def state_equal(a: dict, b: dict) -> list[str]:
 
 def strip_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in ("images_per_second", "epoch_seconds")} for m in history]
-
-
-def rescale_z_hat(vae, q, dims: list[int], alpha: float):
-    """Copies of an mlp VAE and its Q in which z^ = z[dims] is alpha times larger (mean by alpha, variance by
-    alpha^2) and x~ is unchanged (the decoder's input weights of those dims divided by alpha): the same
-    information at another scale. Q's Gaussian head follows, so its log Q drops by |S| log alpha."""
-    vae, q = copy.deepcopy(vae), copy.deepcopy(q)
-    with torch.no_grad():
-        d, log_alpha = vae.d, math.log(alpha)
-        for i in dims:
-            vae.head.weight[i] *= alpha
-            vae.head.bias[i] *= alpha
-            vae.head.bias[d + i] += 2 * log_alpha
-            vae.decoder[0].weight[:, i] /= alpha
-        q.head.weight[:len(dims)] *= alpha
-        q.head.bias[:len(dims)] *= alpha
-        q.head.bias[len(dims):2 * len(dims)] += 2 * log_alpha
-    return vae, q

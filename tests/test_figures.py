@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from benchmarks.rescaling import rescale_z_hat
 from vmistudy import config, figures
 from vmistudy import data as datasets
-from conftest import rescale_z_hat
 from vmistudy.trainer import Trainer, build_vae
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

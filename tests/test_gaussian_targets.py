@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from conftest import make_spec, rescale_z_hat
+from benchmarks.rescaling import rescale_z_hat
+from conftest import make_spec
 from vmistudy import config
 from vmistudy import data as datasets
 from vmistudy.latents import LOG_2PI, DiagonalGaussian, mixture_entropy_lower_bound, standard_normal_entropy
