@@ -14,7 +14,6 @@ noise, and how well each epoch ranks the configurations by their final value.
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import itertools
 import json
@@ -22,13 +21,13 @@ import math
 import multiprocessing
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from vmistudy import config
+from vmistudy.cli import ArgumentParser, check_writable, command, load_study
 from vmistudy.errors import InputError
 
 PARTIAL, TABLE, META = "runs.partial.jsonl", "curves.csv.gz", "curves.json"
@@ -84,12 +83,12 @@ def done_runs(path: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
     finished = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill: that run is trained again
-        finished[key(record["run"])] = record
+            finished[key(record["run"])] = record
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill, or damaged: that run is trained again
     return finished
 
 
@@ -151,21 +150,30 @@ def summarize(table: pd.DataFrame, metric: str) -> None:
         print(f"  {early}: " + "; ".join(cells))
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:  # missing, not a CSV, not UTF-8
+        raise InputError(f"--summary: cannot read {path} ({type(e).__name__}); build the table first "
+                         "(the same command without --summary)") from None
+
+
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.curves", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.curves", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a grid study, e.g. studies/curves.yaml")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/curves"), help="folder of the table")
     parser.add_argument("--summary", action="store_true", help="print what the finished table shows, train nothing")
     args = parser.parse_args(argv)
-    try:
-        spec = config.load(args.study)
-        runs = grid(spec)
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    spec = load_study(args.study, [], service=True)
+    runs = grid(spec)
     if args.summary:
-        summarize(pd.read_csv(args.out / TABLE), spec.search.metric)
+        summarize(_read_table(args.out / TABLE), spec.search.metric)
         return
+    if args.workers < 1:
+        raise InputError("--workers must be >= 1")
+    check_writable(args.out, "--out")
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / PARTIAL
     finished = done_runs(partial)

@@ -13,7 +13,6 @@ Goal: at most 5%.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,13 +22,13 @@ import time
 from pathlib import Path
 
 from vmistudy import config
+from vmistudy.cli import ArgumentParser, command, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.05
 
 
-def measure(study: Path, overrides: list[str]) -> dict:
-    spec = config.load(study, overrides)
+def measure(study: Path, overrides: list[str], spec: config.StudySpec) -> dict:
     cores = os.cpu_count()
     concurrent = min(spec.search.max_concurrent or cores, int(cores / spec.resources.cpu))
     with tempfile.TemporaryDirectory() as storage:
@@ -50,12 +49,14 @@ def measure(study: Path, overrides: list[str]) -> dict:
             "outside_trials_s": wall - in_trials / concurrent, "overhead": 1 - training / (concurrent * wall)}
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("studies", nargs="*", type=Path, default=[REPO / "studies" / "quick.yaml"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every study")
     args = parser.parse_args(argv)
-    rows = [measure(study, args.set) for study in args.studies]
+    specs = [load_study(study, args.set, service=True) for study in args.studies]  # all, before any runs
+    rows = [measure(study, args.set, spec) for study, spec in zip(args.studies, specs)]
     print(f"{'study':22s}{'trials':>7s}{'epochs':>7s}{'C':>3s}{'wall s':>8s}{'training':>10s}{'between epochs':>16s}"
           f"{'outside trials':>16s}{'overhead':>10s}")
     for r in rows:

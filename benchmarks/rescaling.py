@@ -11,7 +11,6 @@ prior path. The prior path samples z ~ N(0, I) whatever q(z) is, so it measures 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import math
@@ -20,11 +19,12 @@ from pathlib import Path
 import torch
 
 from vmistudy import config, data
-from vmistudy.cli import command
+from vmistudy.cli import ArgumentParser, command
 from vmistudy.errors import InputError
 from vmistudy.metrics import frozen_mi
 from vmistudy.networks import VAE, QNetwork
-from vmistudy.trainer import Trainer, build_q, load_checkpoint
+from vmistudy.train import read_checkpoint
+from vmistudy.trainer import Trainer, build_q
 
 
 def rescale_z_hat(vae: VAE, q: QNetwork, dims: list[int], alpha: float) -> tuple[VAE, QNetwork]:
@@ -81,7 +81,7 @@ def _line(row: dict[str, float], lambda_mi: float, header: bool) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rescaling", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.rescaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt of a model with Gaussian MI targets")
     parser.add_argument("--alphas", default="1,0.3,0.1,0.03", help="comma-separated scale factors (> 0)")
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps of each fresh Q")
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"--alphas: every factor must be a finite number > 0, got {args.alphas!r}")
     if args.steps < 1:
         raise InputError("--steps must be >= 1")
-    if not args.checkpoint.is_file():
-        raise InputError(f"{args.checkpoint}: no such checkpoint")
-    state = load_checkpoint(args.checkpoint)
+    state = read_checkpoint(args.checkpoint, "give a checkpoint.pt written by python -m vmistudy.train")
     measure(state, alphas, args.steps, args.lambda_mi)
 
 

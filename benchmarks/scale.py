@@ -12,7 +12,6 @@ time (goal <= 5 s).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -25,11 +24,16 @@ from pathlib import Path
 
 import yaml
 
+from vmistudy import config, replay
+from vmistudy.cli import ArgumentParser, command
+from vmistudy.errors import InputError
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "curves.yaml"
 TABLE = REPO / "benchmarks" / "curves" / "curves.csv.gz"
 CONCURRENT = 8
 GOALS = {"driver_ms_per_result": 50.0, "report_s": 5.0}
+STORES = ("sqlite", "server")
 
 # Runs as the driver: the study command in this process, then its own CPU time and peak memory on stderr.
 DRIVER = """
@@ -141,14 +145,27 @@ def measure(store: str, trials: int, table: Path) -> dict:
             "mlflow_ms_per_epoch": 1000 * json.loads(logged.stdout), "report_s": report}
 
 
+def _check(args) -> None:
+    """The arguments, before a server or a study starts."""
+    unknown = [s for s in args.stores.split(",") if s not in STORES]
+    if unknown:
+        raise InputError(f"--stores: unknown {unknown[0]!r}; comma-separated, from {', '.join(STORES)}")
+    if not args.table.is_file():
+        raise InputError(f"--table {args.table}: no such file; write it with python -m benchmarks.curves")
+    replicates = config.load(STUDY).search.replicates
+    if args.trials < replicates:
+        raise InputError(f"--trials: at least {replicates} ({STUDY.name}'s replicates), got {args.trials}")
+    replay.read(str(args.table.resolve()))  # a table that is not one, refused here rather than by each driver
+
+
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
-    parser.add_argument("--stores", default="sqlite,server", help="comma-separated: sqlite, server")
+    parser.add_argument("--stores", default=",".join(STORES), help=f"comma-separated: {', '.join(STORES)}")
     parser.add_argument("--table", type=Path, default=TABLE, help="the learning-curve table to replay")
     args = parser.parse_args(argv)
-    if not args.table.is_file():
-        sys.exit(f"error: --table {args.table}: no such file; write it with python -m benchmarks.curves")
+    _check(args)
     rows = []
     for store in args.stores.split(","):
         print(f"{store}: {args.trials} replayed trials ...", flush=True)

@@ -15,7 +15,6 @@ median's ratio to random search without stopping. The goal: the service's defaul
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import tempfile
@@ -28,7 +27,9 @@ import yaml
 from ray import tune
 
 from vmistudy import config, replay, study
+from vmistudy.cli import ArgumentParser, command
 from vmistudy.config import flatten
+from vmistudy.errors import InputError
 from vmistudy.tracking import NullStudyTracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +101,9 @@ def run_study(s: config.StudySpec, table: replay.CurveTable, good: set) -> int:
     return race.cost if race.cost is not None else -race.trial_epochs  # negative: nothing found in the budget
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.study_efficiency", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.study_efficiency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -110,10 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     strategies = args.strategies.split(",")
     unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not args.table.is_file():
-        raise SystemExit(f"error: --strategies: unknown {unknown}" if unknown else
-                         f"error: --table {args.table}: no such file; write it with python -m benchmarks.curves")
+    if unknown:
+        raise InputError(f"--strategies: unknown {unknown[0]!r}; comma-separated, from {', '.join(STRATEGIES)}")
+    if min(args.seeds, args.concurrent, args.budget) < 1:
+        raise InputError("--seeds, --concurrent and --budget must be >= 1")
+    if not args.table.is_file():
+        raise InputError(f"--table {args.table}: no such file; write it with python -m benchmarks.curves")
     table = replay.read(str(args.table.resolve()))
+    for strategy in strategies:  # every study finds its curves (fields, seeds, metrics, epochs), before Ray starts
+        table.check(spec(strategy, 0, len(table.seeds), args.table.resolve(), tempfile.gettempdir(), args.concurrent,
+                         args.budget))
     metric = config.load(STUDY).search.metric
     good, best = good_points(table, metric)
     print(f"{len(table.points)} configurations; best mean {metric} {best:.4f}; {len(good)} good (within "

@@ -24,7 +24,7 @@ Timings vary by machine and load; tests/test_benchmarks.py checks the FLOP accou
 """
 from __future__ import annotations
 
-import argparse
+import math
 import shlex
 import sys
 import time
@@ -33,8 +33,10 @@ from typing import Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vmistudy import data as datasets
+from vmistudy import config, data as datasets
+from vmistudy.cli import ArgumentParser, command
 from vmistudy.config import StudySpec
+from vmistudy.errors import InputError
 from vmistudy.networks import mean_image
 from vmistudy.objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
@@ -43,13 +45,13 @@ BATCH = 128
 TARGETS = {"vmistudy-conv": 2.0, "vmistudy-mlp": 10.0}  # minimum ratio to baseline-conv
 
 
-def study(root: str, backbone: str, threads: int) -> StudySpec:
-    return StudySpec.model_validate({
+def study(root: str | None, backbone: str, threads: int) -> StudySpec:
+    return config.validate({
         "data": {"name": "mnist", "root": root},
         "model": {"backbone": backbone, "gaussian_dims": 16, "categories": 10},
         "train": {"batch_size": BATCH, "device": "cpu", "threads": threads},
         "mi": {"lambda_mi": 1.0, "categorical": True},
-    })
+    }, source="--data")
 
 
 def project_steps(spec: StudySpec, data: datasets.ImageData) -> Iterator[int]:
@@ -160,8 +162,17 @@ def cpu_stall_seconds() -> float | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+def _check(args) -> None:
+    """The timings' arguments, before anything is loaded."""
+    if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.warmup) and args.warmup >= 0):
+        raise InputError("--seconds must be a finite number > 0, --warmup one >= 0")
+    if (args.rounds is not None and args.rounds < 1) or args.threads < 1:
+        raise InputError("--rounds and --threads must be >= 1")
+
+
+@command
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None,
                         help="folder holding MNIST/raw (default: $VMISTUDY_DATA, then the cache)")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per configuration")
@@ -169,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="turns per configuration (default: one per 2 s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for every configuration")
     args = parser.parse_args(argv)
+    _check(args)
     rounds = args.rounds or max(1, round(args.seconds / 2))
 
     torch.set_num_threads(args.threads)
@@ -210,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     met = all(rate[name] / base >= target for name, target in TARGETS.items())
     print(f"\ntargets (conv >= {TARGETS['vmistudy-conv']:g}x, mlp >= {TARGETS['vmistudy-mlp']:g}x baseline-conv) "
           f"met: {'yes' if met else 'no'}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,7 +1,10 @@
-"""What the command-line entry points share: one exit for bad input, loading a study, a progress bar."""
+"""What the command-line entry points share: one exit for bad input, their argument parser, loading a study,
+checking an output folder, a progress bar."""
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -24,12 +27,33 @@ def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | N
     return wrapper
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are InputErrors: one line and exit 2, like every other bad input (argparse
+    itself prints its usage first)."""
+
+    def error(self, message: str):
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
 def load_study(path: str | Path, overrides: list[str], service: bool = False) -> config.StudySpec:
     """The validated study file with its overrides; `service`: it must have a search section."""
     spec = config.load(path, overrides)
     if service and spec.search is None:
         raise InputError(f"{path}: search: required for a study (to train one model: python -m vmistudy.train)")
     return spec
+
+
+def check_writable(folder: str | Path, field: str) -> None:
+    """InputError unless `folder` is a folder this process may write in, or could be made one: checked before
+    anything starts, not found out after the data are loaded or Ray is up."""
+    target = existing = Path(os.path.abspath(folder))
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        made = "" if existing == target else f", so {target} cannot be made"
+        raise InputError(f"{field}: {existing} is not a folder{made}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{field}: {existing} is not writable; choose a folder you may write in")
 
 
 class ProgressBar:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -31,8 +33,27 @@ def has_credentials(uri: str) -> bool:
     return "://" in uri and "@" in urlsplit(uri).netloc
 
 
+INT_LIMIT = 2 ** 63  # torch, numpy and Tune's loggers hold integers in 64 bits
+
+
+def _too_large(value: Any) -> bool:
+    """An integer that does not fit in 64 bits, alone or in a list (sections check their own fields)."""
+    if isinstance(value, (list, tuple)):
+        return any(map(_too_large, value))
+    return isinstance(value, int) and abs(value) >= INT_LIMIT
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan (also 1e400, which YAML reads as a string and a float as inf) fit no field
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        """Refused here rather than as an overflow inside torch once a trial runs."""
+        if _too_large(value):
+            raise ValueError("integers must be below 2**63")
+        return value
 
 
 class DataSpec(Section):
@@ -48,10 +69,11 @@ class DataSpec(Section):
     test_size: StrictInt = Field(500, ge=1, description="synthetic: test images")
 
     def resolved_root(self) -> Path:
+        # os.path's expanduser leaves ~unknown-user as it is where Path's raises
         if self.root:
-            return Path(self.root).expanduser()
+            return Path(os.path.expanduser(self.root))
         if os.environ.get(DATA_ENV):
-            return Path(os.environ[DATA_ENV]).expanduser()
+            return Path(os.path.expanduser(os.environ[DATA_ENV]))
         return Path.home() / ".cache" / "vmistudy" / "data"
 
     @model_validator(mode="after")
@@ -60,7 +82,7 @@ class DataSpec(Section):
             return self
         root = self.resolved_root()
         needed = root / TORCHVISION_FOLDERS[self.name] / "raw" if self.name in TORCHVISION_FOLDERS else root
-        if not needed.is_dir():
+        if not os.path.isdir(needed):  # False, not OSError, for a name too long or a NUL byte
             raise ValueError(f"{needed} does not exist; point data.root or ${DATA_ENV} at the dataset, "
                              "or set data.download: true")
         return self
@@ -191,7 +213,7 @@ class SearchSpec(Section):
     metric: str = "mi_lower_bound"
     mode: Literal["max", "min"] = "max"
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
-    seed: StrictInt = Field(0, ge=0, description="seed of the sampler")
+    seed: StrictInt = Field(0, ge=0, lt=2 ** 32, description="seed of the sampler (numpy's limit)")
     startup_trials: StrictInt = Field(5, ge=1, description="optuna: configurations sampled at random before TPE")
     multivariate: StrictBool = Field(True, description="optuna: TPE models the parameters jointly")
     num_samples: StrictInt = Field(4, ge=1, description="configurations to try (grid: ignored, each point once)")
@@ -222,7 +244,7 @@ class SearchSpec(Section):
             if self.space[SUBSET_PATH].kind != "choice" or unknown:
                 raise ValueError(f"space.{SUBSET_PATH}: must be a choice among search.subsets "
                                  f"({', '.join(self.subsets) or 'none defined'})")
-        if not (self.storage.startswith("/") or self.storage.startswith("~") or "://" in self.storage):
+        if not ("://" in self.storage or os.path.isabs(os.path.expanduser(self.storage))):
             raise ValueError(f"storage: must be an absolute path or a URI such as s3://bucket/dir (got {self.storage})")
         if has_credentials(self.storage):
             raise ValueError("storage: remove the credentials from the URI; give them through the environment "
@@ -264,8 +286,8 @@ class ReplaySpec(Section):
         """Absolute, since Tune runs trials in their own folders; it must be a file."""
         if table is None:
             return None
-        path = Path(table).expanduser().resolve()
-        if not path.is_file():
+        path = Path(os.path.expanduser(table)).resolve()
+        if not os.path.isfile(path):
             raise ValueError(f"{table} is not a file (write one with python -m benchmarks.curves)")
         return str(path)
 
@@ -355,23 +377,94 @@ def load(path: str | Path, overrides: list[str] = ()) -> StudySpec:
     return validate(raw, source=str(path))
 
 
+MAX_BYTES = 1 << 20  # a study file is a few KiB
+MAX_DEPTH = 20  # a study nests 6 deep (search.space.<path>.when.<path>: value)
+MAX_VALUES = 10_000  # values in a document, its aliases expanded; a study has a few hundred
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that no study is: nested too deep, aliases that expand too far, a key twice."""
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that checks each node as it is composed, before any value is built: a few lines of
+    nesting or of aliases ("billion laughs") would otherwise exhaust the stack or expand to 10^9 values."""
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)  # the anchored node, counted where it was composed
+        if self.depth == MAX_DEPTH:
+            raise _Refused(problem=f"nesting deeper than {MAX_DEPTH} levels", problem_mark=self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        _check(node)
+        return node
+
+
+def _check(node: yaml.Node) -> None:
+    """Count the node's values with aliases expanded (an alias to a node still being composed refers to
+    itself: endless); refuse a mapping that gives a key twice (the last would silently win)."""
+    pairs = node.value if isinstance(node, yaml.MappingNode) else []
+    children = [n for pair in pairs for n in pair] or (node.value if isinstance(node, yaml.SequenceNode) else [])
+    node.expanded = 1 + sum(getattr(child, "expanded", MAX_VALUES) for child in children)
+    if node.expanded > MAX_VALUES:
+        raise _Refused(problem=f"more than {MAX_VALUES} values, aliases expanded", problem_mark=node.start_mark)
+    keys = Counter(k.value for k, _ in pairs if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge")
+    twice = next((k for k, n in keys.items() if n > 1), None)
+    if twice is not None:
+        raise _Refused(problem=f"the key {twice!r} is given twice", problem_mark=node.start_mark)
+
+
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_StudyLoader)
+
+
+def _yaml_problem(e: Exception) -> str:
+    """'line 3, column 5: YAML syntax error: ...', or a value YAML read but Python could not build."""
+    if not isinstance(e, yaml.YAMLError):  # ValueError: a date such as 2024-13-01, an integer of 5000 digits
+        return f"a value cannot be read ({str(e).split(';')[0]})"
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{where}{'' if isinstance(e, _Refused) else 'YAML syntax error: '}{problem}"
+
+
 def read_yaml(path: Path) -> dict:
+    text = _read_text(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the study file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise InputError(f"{path}:{where}: YAML syntax error: {problem}") from None
+        raw = _parse(text)
+    except (yaml.YAMLError, ValueError) as e:
+        raise InputError(f"{path}: {_yaml_problem(e)}") from None
     if raw is None:
         raise InputError(f"{path}: the study file is empty; it needs at least a data section")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: the study file must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _read_text(path: Path) -> str:
+    """The text of a regular file (a FIFO or a device could block or never end) of at most MAX_BYTES of UTF-8."""
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode):
+            with open(path, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the study file ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise InputError(f"{path}: is {kind}; give a study file (YAML text)")
+    if len(data) > MAX_BYTES:
+        raise InputError(f"{path}: larger than {MAX_BYTES >> 20} MiB; a study file is a few KiB of YAML text")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); a study file "
+                         "is YAML text") from None
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -395,9 +488,9 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise InputError(f"--set {key}: {'.'.join(walked)} is not a section")
     try:
-        node[name] = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise InputError(f"--set {key}: the value {text!r} is not valid YAML") from None
+        node[name] = _parse(text)
+    except (yaml.YAMLError, ValueError) as e:
+        raise InputError(f"--set {key}: the value {text!r} is not valid YAML ({_yaml_problem(e)})") from None
 
 
 def validate(raw: dict, source: str = "study") -> StudySpec:
@@ -423,7 +516,8 @@ def describe(error: dict) -> str:
         if loc and sep and field.replace(".", "").replace("_", "").isalnum():
             return f"{path}.{field}: {rest}"
         return f"{path}: {message}" if loc else message
-    return f"{path}: {message} (got {error['input']!r})"
+    got = repr(error["input"])
+    return f"{path}: {message} (got {got if len(got) <= 80 else got[:76] + ' ...'})"  # not a megabyte
 
 
 def _fields_at(loc: list[str]) -> list[str]:

@@ -20,27 +20,30 @@ import json
 from pathlib import Path
 
 from . import config, data
-from .cli import command
+from .cli import ArgumentParser, command
 from .errors import InputError
 from .metrics import EVAL_BATCHES, frozen_mi
 from .networks import VAE
-from .trainer import build_q, load_checkpoint, pick_device
+from .train import load_state, read_checkpoint
+from .trainer import build_q, pick_device
+
+HINT = "give a checkpoint.pt or model.pt written by python -m vmistudy.train"
 
 
-def evaluate(state: dict, steps: int, eval_batches: int = EVAL_BATCHES, seed: int = 0
-             ) -> dict[str, dict[str, float]]:
-    """frozen_mi of the VAE in a checkpoint, on the data its spec names."""
-    recipe = config.validate(state["spec"], source="checkpoint").recipe
+def evaluate(state: dict, steps: int, eval_batches: int = EVAL_BATCHES, seed: int = 0,
+             path: Path = Path("checkpoint")) -> dict[str, dict[str, float]]:
+    """frozen_mi of the VAE in a checkpoint (read from `path`), on the data its spec names."""
+    recipe = config.validate(state["spec"], source=str(path)).recipe
     device = pick_device(recipe.train.device)
     images = data.load(recipe.data).to(device)
     vae = VAE(recipe.model, images.image_shape).to(device)
-    vae.load_state_dict(state["vae"])
+    load_state(vae, state["vae"], path, HINT)
     return frozen_mi(vae, recipe.mi, images, lambda: build_q(recipe, images.image_shape).to(device), steps,
                      eval_batches, seed)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vmistudy.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt or model.pt written by vmistudy.train")
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps to fit the fresh Q (batch 256)")
     parser.add_argument("--eval-batches", type=int, default=EVAL_BATCHES,
@@ -53,11 +56,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 @command
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    if not args.checkpoint.is_file():
-        raise InputError(f"{args.checkpoint}: no such checkpoint")
     if args.steps < 1 or args.eval_batches < 1:
         raise InputError("--steps and --eval-batches must be >= 1")
-    results = evaluate(load_checkpoint(args.checkpoint), args.steps, args.eval_batches, args.seed)
+    if not 0 <= args.seed < config.INT_LIMIT:
+        raise InputError("--seed: must be in 0 .. 2**63 - 1 (torch's generators)")
+    state = read_checkpoint(args.checkpoint, HINT)
+    results = evaluate(state, args.steps, args.eval_batches, args.seed, args.checkpoint)
     if args.json:
         print(json.dumps(results))
         return

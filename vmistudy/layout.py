@@ -5,6 +5,7 @@ the run command, the Tune adapter and the report all take the layout from one pl
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pyarrow.fs
 
 from .config import StudySpec, validate
+from .errors import InputError
 
 SPEC_FILE = "vmistudy-spec.json"
 TRIAL_STATE = "vmistudy-state.pt"  # a trial's resume state, in its Tune folder, replaced after every epoch
@@ -20,7 +22,7 @@ TRIAL_STATE = "vmistudy-state.pt"  # a trial's resume state, in its Tune folder,
 def storage_path(spec: StudySpec) -> str:
     """search.storage as Tune needs it: an absolute path or a URI."""
     storage = spec.search.storage
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return storage if "://" in storage else str(Path(os.path.expanduser(storage)).resolve())
 
 
 def experiment_path(spec: StudySpec) -> str:
@@ -36,15 +38,26 @@ def write_spec(spec: StudySpec) -> None:
 
 
 def saved_spec(spec: StudySpec) -> StudySpec | None:
-    """The spec the study named by `spec` was started with; None for a study that predates the file."""
-    path = experiment_path(spec)
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    try:
-        with fs.open_input_stream(f"{root}/{SPEC_FILE}") as f:
-            raw = json.loads(f.read())
-    except FileNotFoundError:
+    """The spec the study named by `spec` was started with; None for a study that predates the file.
+    InputError for a damaged one, naming the file and what to do."""
+    path = f"{experiment_path(spec)}/{SPEC_FILE}"
+    data = read_bytes(path)
+    if data is None:
         return None
-    return validate(raw, source=f"{path}/{SPEC_FILE}")
+    hint = "restore it, or delete it to resume without checking the study file against it"
+    try:
+        return validate(json.loads(data), source=path)
+    except InputError as e:
+        raise InputError(f"{e}; {hint}") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
+        raise InputError(f"{path}: damaged, not the JSON of a study ({e}); {hint}") from None
+
+
+def newest_file(spec: StudySpec, pattern: str) -> str | None:
+    """The path of the study folder's newest file matching `pattern` (Tune puts the time in its names), or None."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec))
+    names = fnmatch.filter([info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root))], pattern)
+    return f"{experiment_path(spec)}/{max(names)}" if names else None
 
 
 def trial_state_path(spec: StudySpec, trial_name: str) -> str:

@@ -9,7 +9,6 @@ each pair's final figures side by side. The report is also logged to the study's
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -21,7 +20,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from . import config, layout, tracking
-from .cli import command, load_study
+from .cli import ArgumentParser, check_writable, command, load_study
+from .errors import InputError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per figure otherwise
 
@@ -183,8 +183,8 @@ def write(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> 
     best = _best_trials(runs, metric, spec.search.mode)
     print(best.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     out.mkdir(parents=True, exist_ok=True)
-    paired = _pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_prior")
-                          if f"metrics.{m}" in runs])
+    paired = _pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_encoder",
+                                       "frozen_mi_lower_bound_prior") if f"metrics.{m}" in runs])
     ranked = runs.loc[best.index]  # best first
     lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
              "", "## Best trials", "", _markdown(best.head(10)), "",
@@ -260,7 +260,7 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
         rows = [_first_row(p, downloads) for p in rows if p]
         if rows:
             _side_by_side(rows, out / "lambda_rows.png", vertical=True)
-            lines += ["## z0 over [-5, 5], one row per lambda_mi, ascending (fig. 4.4)", "",
+            lines += ["## z0 over +-5 standard deviations of q(z0), one row per lambda_mi, ascending (fig. 4.4)", "",
                       "![lambda rows](lambda_rows.png)", ""]
         for i, pair in paired.iterrows():
             for name in ("categorical_swaps", "traversal_pair"):
@@ -274,15 +274,27 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vmistudy.report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="the study file the study was run with")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="report folder (default <storage>/<name>/report)")
     args = parser.parse_args(argv)
     spec = load_study(args.study, args.set, service=True)
-    tracker = tracking.find_study(spec, layout.storage_path(spec))
+    storage = layout.storage_path(spec)
+    _check_store(spec, storage, args.study)
     out = args.out or Path(layout.experiment_path(spec)) / "report"
-    print(f"report: {write(spec, tracker, out)}")
+    check_writable(out, "--out")
+    print(f"report: {write(spec, tracking.find_study(spec, storage), out)}")
+
+
+def _check_store(spec: config.StudySpec, storage: str, study: str) -> None:
+    """A sqlite store must exist: MLflow would create an empty one (and its folders) to find no study in it."""
+    uri = tracking.tracking_uri(spec, storage)
+    path = uri.removeprefix("sqlite:///")
+    if spec.tracking.enabled and path != uri and not os.path.isfile(path):
+        field = "tracking.uri" if spec.tracking.uri else "search.storage"
+        raise InputError(f"{field}: no study has run there ({path} does not exist); run it first: "
+                         f"python -m vmistudy.run {study}")
 
 
 if __name__ == "__main__":

@@ -11,21 +11,31 @@ Exit status: 0 when every trial ended well, 1 when some trial errored (listed), 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import pickletools
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import torch
 from ray import tune
 
 from . import config, layout, replay, study, tracking
-from .cli import command, load_study
+from .cli import ArgumentParser, check_writable, command, load_study
 from .errors import InputError
 
 MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "train.device", "search.max_failures"}
+# What Tune reads to resume a study (the newest of each, by the time in the name): JSON, the others pickles
+# (search_gen_state-*.json too, whatever its name says)
+EXPERIMENT_STATE = "experiment_state-*.json"
+TUNE_STATE = ("tuner.pkl", EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
+DAMAGED_STUDY = "Tune cannot resume from it: restore the file, or start the study afresh with --set name=NEW"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vmistudy.run", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", help="study file (YAML) with a search section")
     parser.add_argument("--resume", action="store_true", help="continue the study where it stopped")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -56,18 +66,75 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check_start(spec: config.StudySpec, resume: bool) -> None:
-    """A new study must not exist yet; a resumed one must exist and be the study that was started."""
-    path = layout.experiment_path(spec)
+    """A new study must not exist yet; a resumed one must exist, be the study that was started, and have what
+    it resumes from intact. Its storage must be writable."""
+    storage, path = layout.storage_path(spec), layout.experiment_path(spec)
+    if "://" not in storage:
+        check_writable(storage, "search.storage")
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
-        raise InputError(f"--resume: no study named {spec.name} in {layout.storage_path(spec)}")
+        raise InputError(f"--resume: no study named {spec.name} in {storage} (no {path}/tuner.pkl); "
+                         "start it without --resume")
     if exists and not resume:
         raise InputError(f"name: a study named {spec.name} already exists in {path}; continue it with --resume, "
                          f"or start another with --set name=NEW")
-    saved = layout.saved_spec(spec) if resume else None  # None too for a study that predates the saved spec
+    if not resume:
+        return
+    saved = layout.saved_spec(spec)  # None for a study that predates the saved spec
     change = config.first_change(saved, spec, MAY_CHANGE_ON_RESUME) if saved else None
     if change:
         raise InputError(f"--resume: {change} of {spec.name}")
+    check_saved_state(spec)
+
+
+def check_saved_state(spec: config.StudySpec) -> None:
+    """Read what --resume reads before Ray starts: Tune stops on a damaged file of its own with a traceback, and
+    a trial whose saved state is damaged errors. Pickles are checked opcode by opcode, never run."""
+    files = {pattern: layout.newest_file(spec, pattern) for pattern in TUNE_STATE}
+    missing = [pattern for pattern, path in files.items() if path is None]
+    if missing:
+        raise InputError(f"--resume: {layout.experiment_path(spec)} has no {missing[0]}: Tune saved no state "
+                         "before the study stopped; start afresh with --set name=NEW")
+    states = {pattern: _tune_state(path, pattern == EXPERIMENT_STATE) for pattern, path in files.items()}
+    for name in _unfinished_trials(states[EXPERIMENT_STATE], files[EXPERIMENT_STATE]):
+        _trial_state(layout.trial_state_path(spec, name), name)
+
+
+def _tune_state(path: str, is_json: bool) -> Any:
+    """A Tune state file's JSON (None for a pickle); InputError naming a damaged one."""
+    data = layout.read_bytes(path) or b""
+    try:
+        if is_json:
+            return json.loads(data)
+        for _ in pickletools.genops(data):
+            pass
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, an unknown opcode, no STOP: truncated
+        raise InputError(f"{path}: damaged ({str(e)[:100] or 'empty'}); {DAMAGED_STUDY}") from None
+    return None
+
+
+def _unfinished_trials(experiment: Any, path: str) -> list[str]:
+    """The names of the trials Tune will continue (not TERMINATED), from its experiment state."""
+    try:
+        trials = [json.loads(state) for state, _ in experiment["trial_data"]]
+        return [t["custom_trial_name"] for t in trials if t["status"] != "TERMINATED"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: damaged, not a Tune experiment state ({type(e).__name__}); {DAMAGED_STUDY}"
+                         ) from None
+
+
+def _trial_state(path: str, name: str) -> None:
+    """The state a trial resumes from (layout.TRIAL_STATE); InputError naming a damaged one."""
+    data = layout.read_bytes(path)
+    if data is None:
+        return  # the trial saved no epoch: it starts from epoch 0 anyway
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... by how the file is damaged
+        state = e
+    if not (isinstance(state, dict) and "epoch" in state):
+        raise InputError(f"{path}: truncated, damaged or not a trial's state ({type(state).__name__}); delete it "
+                         f"to run trial {name} again from epoch 0, then --resume")
 
 
 def _summarize(results: tune.ResultGrid, spec: config.StudySpec, invocation: str) -> int:
