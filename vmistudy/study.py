@@ -37,6 +37,7 @@ from .trainer import Epoch, Trainer, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 RUN_ID = "mlflow_run_id"  # reported with every epoch, so that the driver ends the run without searching for it
+KEPT = "mlflow_kept"  # reported with every epoch: the trial's MLflow calls the server has not taken yet
 
 
 class SearchSpace:
@@ -225,7 +226,7 @@ class _Trial:
         torch.save(state, buffer)
         write_bytes(self.state_path, buffer.getvalue())
         metrics = {**metrics, "seed": self.spec.train.seed, "lambda_mi": self.spec.mi.lambda_mi, "node_id": self.node,
-                   RUN_ID: self.run.run_id}
+                   RUN_ID: self.run.run_id, KEPT: self.run.kept}
         if metrics["epoch"] < self.spec.train.epochs:
             tune.report(metrics)
             return
@@ -248,16 +249,21 @@ def _record(run: TrialTracker, trainer: Trainer, epoch: Epoch, spec: StudySpec) 
 
 
 class EndTrialRuns(tune.Callback):
-    """Driver side: end each trial's MLflow run FINISHED (ASHA-stopped trials included) or FAILED."""
+    """Driver side: end each trial's MLflow run FINISHED (ASHA-stopped trials included) or FAILED, and tell the
+    user once when trials keep what the tracking server does not take (trials print nothing of it)."""
 
     def __init__(self, tracker: StudyTracker | NullStudyTracker):
         self.tracker = tracker
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(KEPT):
+            self.tracker.tell_kept()
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial.trial_id, "FINISHED", (trial.last_result or {}).get(RUN_ID))
+        self.tracker.end_trial(trial.trial_id, _short_name(trial), "FINISHED", (trial.last_result or {}).get(RUN_ID))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial.trial_id, "FAILED", (trial.last_result or {}).get(RUN_ID))
+        self.tracker.end_trial(trial.trial_id, _short_name(trial), "FAILED", (trial.last_result or {}).get(RUN_ID))
 
 
 class KeepTrialLogs(tune.Callback):

@@ -2,34 +2,63 @@
 
 The driver creates the store, the experiment (absolute artifact location) and the parent run before any
 trial starts: trials that race to create a fresh sqlite store crash, and an experiment created inside a
-trial puts its artifacts in Ray's temporary folders. A trial finds its own run by its trial id, so a
-resumed trial continues the same run; epochs already logged are not logged again. Runs are ended from
-the driver (study.py's Tune callback), since ASHA stops a trial inside `tune.report` and no code after
-it runs. With tracking off the same calls go to `NullStudyTracker`, which records nothing.
-This module knows nothing of Ray.
+trial puts its artifacts in Ray's temporary folders. Two drivers starting at once on one sqlite store take
+turns through a lock file beside it (both would run its migrations, and one would fail). A trial finds its
+own run by its trial id, so a resumed trial continues the same run; epochs already logged are not logged
+again. Runs are ended from the driver (study.py's Tune callback), since ASHA stops a trial inside
+`tune.report` and no code after it runs. With tracking off the same calls go to `NullStudyTracker`,
+which records nothing. This module knows nothing of Ray.
+
+A tracking server may go away in mid-study. MLflow's client retries each call (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+about 4 minutes by default); what still fails is kept, never lost: every run's calls go through an `Outbox`,
+which sends them in order and keeps those the server did not take in a file beside the run (the trial's
+folder; the study's for the parent run), so that they survive a restart of the trial or the driver. They are
+sent with the next call that finds the server back, when the study ends, or by --resume at the latest.
+Training does not wait for an absent server: after a failure a process tries it again every RETRY_EVERY s.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import json
+import socket
+import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import mlflow
+import pyarrow.fs
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 
 from .config import StudySpec, flatten
 from .errors import InputError
+from .layout import experiment_path, read_bytes, write_bytes
 
 STUDY_TAG, TRIAL_TAG, ROLE_TAG = "vmistudy.study", "vmistudy.trial_id", "vmistudy.role"
 PARENT_TAG = "mlflow.parentRunId"
 PARAM_LIMIT = 6000  # MLflow's longest param value
+KEPT = "vmistudy-mlflow-kept.json"  # a run's calls the server did not take, in its trial's (or the study's) folder
+KEPT_FILES = "vmistudy-mlflow-kept"  # beside it: the figures and models those calls log
+RETRY_EVERY = 30.0  # seconds between tries of a server that did not answer
+# MLflow's error codes for a server that does not answer (INTERNAL_ERROR: its client's retries ran out) or a
+# store that is busy (TEMPORARILY_UNAVAILABLE: a sqlite store another process holds locked)
+UNANSWERED = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+# how long to wait for a connection: before a study starts, and while it runs (not to hold up training)
+PROBE_SECONDS, RETRY_PROBE_SECONDS = 5.0, 1.0
+CALLS = ("open", "metrics", "artifacts", "model", "end")
 
 Render = Callable[[Path], dict[str, Path]]  # writes figures into a folder, returns {name: path}
+
+_failed: dict[str, float] = {}  # tracking URI: when a call to it last failed, in this process
+_told: set[str] = set()  # tracking URIs whose absence this process has told the user of
 
 
 def tracking_uri(spec: StudySpec, storage: str) -> str:
@@ -41,12 +70,159 @@ def experiment_name(spec: StudySpec) -> str:
     return spec.tracking.experiment or spec.name
 
 
+def answers(uri: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether a tracking server takes a connection (a local store always does)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return True
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except (OSError, ValueError):  # refused, unreachable, timed out; a port out of range
+        return False
+
+
+def check_answers(spec: StudySpec, storage: str) -> None:
+    """InputError unless the study's tracking server takes connections: checked before Ray starts, since a
+    study logging to nowhere would keep every trial's data aside until it answered."""
+    uri = tracking_uri(spec, storage)
+    if spec.tracking.enabled and not answers(uri):
+        raise InputError(f"tracking.uri: nothing answers at {uri} (no connection in {PROBE_SECONDS:g} s); start "
+                         "the MLflow server, or correct the URI")
+
+
+class Outbox:
+    """One run's MLflow calls, sent in order; those the server does not take are kept in `path` until it does.
+
+    A call is a JSON dict: open (find the trial's run by trial id, else create it), metrics (one batch, with
+    the time it was made), artifacts (a folder of figures), model (a saved model) and end. Sending again is
+    harmless: a metric point keeps its first time stamp (MLflow drops an exact repeat), epochs the run already
+    has are skipped, a run is looked for before it is created, and files are logged under the same names.
+    """
+
+    def __init__(self, client: MlflowClient, path: str, experiment_id: str, trial_id: str | None = None,
+                 run_id: str | None = None):
+        self.client, self.path = client, path
+        saved = read_bytes(path)
+        try:
+            kept = json.loads(saved) if saved else {}
+            if not all(call["call"] in CALLS for call in kept.get("calls", [])):
+                raise ValueError("an unknown call")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # not UTF-8, not JSON, not kept calls
+            raise InputError(f"{path}: damaged ({e}); delete it to drop the MLflow calls it kept") from None
+        self.experiment_id = kept.get("experiment_id", experiment_id)
+        self.trial_id = kept.get("trial_id", trial_id)
+        self.run_id = kept.get("run_id") or run_id
+        self.calls: list[dict] = kept.get("calls", [])
+        self.saved = bool(saved)
+        self.logged: int | None = None  # the run's last logged epoch, once read
+
+    def send(self, *calls: dict, force: bool = False) -> bool:
+        """Add `calls`, then send what is kept in order; keep (and save) the rest if the server does not take
+        it. `force`: try even if it failed within RETRY_EVERY s. True when nothing is left."""
+        self.calls += calls
+        uri = self.client.tracking_uri
+        if self.calls and _may_try(uri, force):
+            try:
+                while self.calls:
+                    self._apply(self.calls[0])
+                    self._drop_files(self.calls.pop(0))
+                _failed.pop(uri, None)
+            except MlflowException as e:
+                if e.error_code not in UNANSWERED:
+                    raise
+                _failed[uri] = time.monotonic()
+        self._save()
+        return not self.calls
+
+    def _apply(self, call: dict) -> None:
+        getattr(self, f"_{call['call']}")(**{k: v for k, v in call.items() if k != "call"})
+
+    def _find(self) -> str | None:
+        if self.run_id is None and self.trial_id:
+            runs = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{self.trial_id}'",
+                                           max_results=1)
+            self.run_id = runs[0].info.run_id if runs else None
+        return self.run_id
+
+    def _open(self, name: str, tags: dict[str, str], params: dict[str, str]) -> None:
+        """The trial's run: found (a resumed trial continues it, on whatever node it now runs) or created."""
+        if self._find():
+            self.client.set_tag(self.run_id, "node", tags["node"])
+            return
+        self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        self.logged = 0
+
+    def _metrics(self, stamp: int, values: dict[str, float]) -> None:
+        """One batch, at its epoch's step (a study's summary has none: step 0)."""
+        epoch = values.get("epoch")
+        if epoch is not None and epoch <= self._logged_epoch():
+            return  # a restarted trial re-running an epoch its run has
+        step = int(epoch or 0)
+        self.client.log_batch(self._find(), metrics=[Metric(k, v, stamp, step) for k, v in values.items()])
+        if epoch is not None:
+            self.logged = step
+
+    def _logged_epoch(self) -> int:
+        if self.logged is None:  # read once; then each batch sent moves it on
+            history = self.client.get_metric_history(self._find(), "epoch")
+            self.logged = max((int(m.value) for m in history), default=0)
+        return self.logged
+
+    def _artifacts(self, folder: str, artifact_path: str, files: list[str]) -> None:
+        with _local(folder, files) as local:
+            self.client.log_artifacts(self._find(), local, artifact_path)
+
+    def _model(self, folder: str, files: list[str]) -> None:
+        with _local(folder, files) as local:
+            model = mlflow.pytorch.load_model(local, map_location="cpu")
+        _log_model(self.client.tracking_uri, self._find(), model)
+
+    def _end(self, status: str) -> None:
+        if self._find():
+            self.client.set_terminated(self.run_id, status)
+
+    def _save(self) -> None:
+        """Keep the calls left in `path` (with copies of the files they log beside it), or remove it if none."""
+        if self.calls:
+            for call in self.calls:
+                self._keep_files(call)
+            kept = {"experiment_id": self.experiment_id, "trial_id": self.trial_id, "run_id": self.run_id,
+                    "calls": self.calls}
+            write_bytes(self.path, json.dumps(kept).encode())
+            self.saved = True
+        elif self.saved:
+            _delete(self.path)
+            _delete(self._kept_folder(), folder=True)
+            self.saved = False
+
+    def _kept_folder(self) -> str:
+        return f"{self.path.rsplit('/', 1)[0]}/{KEPT_FILES}"
+
+    def _keep_files(self, call: dict) -> None:
+        """A call's files are in a scratch folder until it is kept: copy them beside the kept calls."""
+        if "folder" not in call or call["folder"].startswith(self._kept_folder()):
+            return
+        kept = f"{self._kept_folder()}/{uuid.uuid4().hex}"
+        for name in call["files"]:
+            write_bytes(f"{kept}/{name}", Path(call["folder"], name).read_bytes())
+        call["folder"] = kept
+
+    def _drop_files(self, call: dict) -> None:
+        if "folder" in call and call["folder"].startswith(self._kept_folder()):
+            _delete(call["folder"], folder=True)
+
+
 @dataclass(frozen=True)
 class StudyTracker:
-    """Where a study's runs live; small and picklable, handed to every trial."""
+    """Where a study's runs live; small and picklable, handed to every trial. `folder`: the study's folder,
+    where a run's kept calls are (its trial's folder, or the study's own for the parent run)."""
     uri: str
     experiment_id: str
     parent_run_id: str
+    folder: str
 
     @property
     def client(self) -> MlflowClient:
@@ -55,25 +231,51 @@ class StudyTracker:
     def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str) -> TrialTracker:
         return TrialTracker(self, trial_id, trial_name, spec, node)
 
-    def trial_run_id(self, trial_id: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=2)
-        return runs[0].info.run_id if runs else None
+    def outbox(self, trial_name: str | None = None, trial_id: str | None = None,
+               run_id: str | None = None) -> Outbox:
+        """The outbox of a trial's run, in the trial's folder (of the study's parent run without a trial)."""
+        if trial_name is None:
+            return Outbox(self.client, f"{self.folder}/{KEPT}", self.experiment_id, run_id=self.parent_run_id)
+        return Outbox(self.client, f"{self.folder}/{trial_name}/{KEPT}", self.experiment_id, trial_id, run_id)
 
-    def end_trial(self, trial_id: str, status: str, run_id: str | None = None) -> None:
-        """End a trial's run FINISHED or FAILED (from the driver, which sees every trial end); the run is
-        looked up by trial id unless its id is given (a trial reports it, sparing a search per trial)."""
-        run_id = run_id or self.trial_run_id(trial_id)
-        if run_id:
-            self.client.set_terminated(run_id, status)
+    def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None) -> None:
+        """End a trial's run FINISHED or FAILED (from the driver, which sees every trial end), after what the
+        trial kept; the run is looked up by trial id unless its id is given (a trial reports it, sparing a
+        search per trial)."""
+        if not self.outbox(trial_name, trial_id, run_id).send({"call": "end", "status": status}):
+            self.tell_kept()
 
     def finish(self, summary: dict[str, float], failed: bool) -> None:
-        client = self.client
-        client.log_batch(self.parent_run_id, metrics=[Metric(k, v, _now(), 0) for k, v in summary.items()])
-        client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
+        if self.uri in _told:  # some trial's run kept calls: send those of trials that ended before it was back
+            self.send_kept()
+        end = {"call": "end", "status": "FAILED" if failed else "FINISHED"}
+        if not self.outbox().send({"call": "metrics", "stamp": _now(), "values": summary}, end, force=True):
+            self.tell_kept()
+
+    def send_kept(self) -> bool:
+        """Send what the study's runs kept while the server was away (their trials ended, or the driver stopped,
+        before it was back); True when nothing is left."""
+        for trial_name in _kept_files(self.folder):
+            if not self.outbox(trial_name).send(force=True):
+                return False  # the server does not answer: the others wait too
+        return True
+
+    def tell_kept(self) -> None:
+        """Tell the user, once, that the server does not answer and what becomes of the runs' data."""
+        if self.uri not in _told:
+            _told.add(self.uri)
+            print(f"warning: MLflow at {self.uri} does not answer; the study goes on, and what its runs cannot log "
+                  f"is kept beside them ({KEPT} in the trial folders under {self.folder}) and logged when it "
+                  "answers again (by --resume at the latest)", file=sys.stderr, flush=True)
 
     def describe(self, spec: StudySpec) -> str:
-        return (f"mlflow:  mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
+        line = (f"mlflow:  mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
                 f"  (experiment {experiment_name(spec)})")
+        kept = _kept_files(self.folder) if self.uri in _told else []
+        if kept:
+            line += (f"\nmlflow:  {len(kept)} runs kept what {self.uri} did not take ({KEPT} under {self.folder}); "
+                     "run the study with --resume once it answers to log it")
+        return line
 
 
 class TrialTracker:
@@ -81,44 +283,44 @@ class TrialTracker:
 
     study: the study's tracker; trial_id, trial_name: Tune's, the run's tag and name; spec: the trial's
     full spec, logged as params when the run is created; node: the Ray node the trial runs on (a tag,
-    rewritten at every start, since a resumed trial may land elsewhere).
+    rewritten at every start, since a resumed trial may land elsewhere). The trial's calls go through its
+    outbox; `kept` counts those the server has not taken yet.
     """
 
     def __init__(self, study: StudyTracker, trial_id: str, trial_name: str, spec: StudySpec, node: str):
-        self.client = study.client
-        self.run_id = study.trial_run_id(trial_id)
-        if self.run_id is None:
-            tags = {PARENT_TAG: study.parent_run_id, STUDY_TAG: spec.name, TRIAL_TAG: trial_id,
-                    "seed": str(spec.train.seed), "node": node}
-            self.run_id = self.client.create_run(study.experiment_id, run_name=trial_name, tags=tags).info.run_id
-            self.client.log_batch(self.run_id, params=_params(flatten(spec)))
-            self.logged_epoch = 0
-        else:  # a resumed trial: its run goes on after the last epoch it logged
-            history = self.client.get_metric_history(self.run_id, "epoch")
-            self.logged_epoch = max((int(m.value) for m in history), default=0)
-            self.client.log_batch(self.run_id, tags=[RunTag("node", node)])
+        self.outbox = study.outbox(trial_name, trial_id)
+        tags = {PARENT_TAG: study.parent_run_id, STUDY_TAG: spec.name, TRIAL_TAG: trial_id,
+                "seed": str(spec.train.seed), "node": node}
+        params = {k: str(v)[:PARAM_LIMIT] for k, v in flatten(spec).items()}
+        self.outbox.send({"call": "open", "name": trial_name, "tags": tags, "params": params})
+
+    @property
+    def run_id(self) -> str | None:
+        return self.outbox.run_id
+
+    @property
+    def kept(self) -> int:
+        return len(self.outbox.calls)
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """All of one epoch's metrics in one call (each call costs tens of ms), once per epoch."""
-        epoch = int(metrics["epoch"])
-        if epoch <= self.logged_epoch:
-            return  # a resumed trial re-running an epoch its first life had already logged
-        stamp = _now()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, epoch) for k, v in metrics.items()])
-        self.logged_epoch = epoch
+        self.outbox.send({"call": "metrics", "stamp": _now(), "values": {k: float(v) for k, v in metrics.items()}})
 
     def log_figures(self, render: Render, epoch: int, final: bool) -> None:
         """Render the figures into a scratch folder and log them under figures/final or figures/epoch_NNN."""
         artifact_path = "figures/final" if final else f"figures/epoch_{epoch:03d}"
         with tempfile.TemporaryDirectory() as folder:
-            for path in render(Path(folder)).values():
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
+            files = [path.name for path in render(Path(folder)).values()]
+            self.outbox.send({"call": "artifacts", "folder": folder, "artifact_path": artifact_path, "files": files})
 
     def log_model(self, model) -> None:
-        mlflow.set_tracking_uri(self.client.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                     pip_requirements=[f"torch=={importlib.metadata.version('torch')}"])
+        """Saved first, so that it can be kept like a figure if the server does not take it; the outbox logs it."""
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch, "model")
+            mlflow.pytorch.save_model(model, str(folder), serialization_format="pickle",
+                                      pip_requirements=_requirements())
+            files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+            self.outbox.send({"call": "model", "folder": str(folder), "files": files})
 
 
 class NullStudyTracker:
@@ -127,10 +329,13 @@ class NullStudyTracker:
     def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str) -> NullTrialTracker:
         return NullTrialTracker()
 
-    def end_trial(self, trial_id: str, status: str, run_id: str | None = None) -> None:
+    def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None) -> None:
         pass
 
     def finish(self, summary: dict[str, float], failed: bool) -> None:
+        pass
+
+    def tell_kept(self) -> None:
         pass
 
     def describe(self, spec: StudySpec) -> str:
@@ -140,6 +345,7 @@ class NullStudyTracker:
 class NullTrialTracker:
     """Tracking off for one trial: nothing logged, and figures never rendered."""
     run_id = None
+    kept = 0
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         pass
@@ -152,45 +358,144 @@ class NullTrialTracker:
 
 
 def start_study(spec: StudySpec, study_file: Path, storage: str) -> StudyTracker | NullStudyTracker:
-    """Create (or find, on resume) the experiment and the study's parent run, from the driver."""
+    """Create (or find, on resume) the experiment and the study's parent run, from the driver; on resume, log
+    what the runs kept while the server was away."""
     if not spec.tracking.enabled:
         return NullStudyTracker()
+    check_answers(spec, storage)
     uri = tracking_uri(spec, storage)
-    if not spec.tracking.uri:
-        Path(storage).mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
-    name = experiment_name(spec)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        artifacts = None if spec.tracking.uri else f"{storage}/mlartifacts/{name}"
-        experiment_id = client.create_experiment(name, artifact_location=artifacts, tags={STUDY_TAG: spec.name})
-    else:
-        experiment_id = experiment.experiment_id
-    parents = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
-    if parents:
-        return StudyTracker(uri, experiment_id, parents[0].info.run_id)
-    run = client.create_run(experiment_id, run_name=spec.name, tags={ROLE_TAG: "study", STUDY_TAG: spec.name})
-    base = {k: v for k, v in flatten(spec).items() if k != "search"}
-    settings = {f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
-    space = {f"search.space.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in spec.search.space.items()}
-    client.log_batch(run.info.run_id, params=_params({**base, **settings, **space}))
-    client.log_artifact(run.info.run_id, str(study_file))
-    return StudyTracker(uri, experiment_id, run.info.run_id)
+    with _store_lock(uri):
+        client = MlflowClient(uri)  # creates a sqlite store's tables
+        experiment_id = _experiment(client, spec, storage)
+        parent = _parent_run(client, experiment_id, spec)
+        if parent is None:
+            parent = _create_parent_run(client, experiment_id, spec, study_file)
+    tracker = StudyTracker(uri, experiment_id, parent, experiment_path(spec))
+    if not tracker.send_kept():
+        tracker.tell_kept()
+    return tracker
 
 
 def find_study(spec: StudySpec, storage: str) -> StudyTracker:
     """The tracker of a study that has run (for the report); InputError if there is none."""
     if not spec.tracking.enabled:
         raise InputError("tracking.enabled: false; the report reads a tracked study's MLflow runs")
+    check_answers(spec, storage)
     uri = tracking_uri(spec, storage)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name(spec))
     if experiment is None:
         raise InputError(f"name: no MLflow experiment {experiment_name(spec)} at {uri}; run the study first")
-    parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
-    if not parents:
-        raise InputError(f"name: the experiment {experiment.name} has no study run")
-    return StudyTracker(uri, experiment.experiment_id, parents[0].info.run_id)
+    parent = _parent_run(client, experiment.experiment_id, spec)
+    if parent is None:
+        raise InputError(f"name: the experiment {experiment.name} has no study run of {spec.name}")
+    return StudyTracker(uri, experiment.experiment_id, parent, experiment_path(spec))
+
+
+def _experiment(client: MlflowClient, spec: StudySpec, storage: str) -> str:
+    """The study's experiment, created if new (by another study's driver too, if both start at once)."""
+    name = experiment_name(spec)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None if spec.tracking.uri else f"{storage}/mlartifacts/{name}"
+    try:
+        return client.create_experiment(name, artifact_location=artifacts, tags={STUDY_TAG: spec.name})
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _parent_run(client: MlflowClient, experiment_id: str, spec: StudySpec) -> str | None:
+    """The study's parent run (by its study tag too: studies may share an experiment), or None."""
+    runs = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{spec.name}'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _create_parent_run(client: MlflowClient, experiment_id: str, spec: StudySpec, study_file: Path) -> str:
+    run_id = client.create_run(experiment_id, run_name=spec.name,
+                               tags={ROLE_TAG: "study", STUDY_TAG: spec.name}).info.run_id
+    base = {k: v for k, v in flatten(spec).items() if k != "search"}
+    settings = {f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
+    space = {f"search.space.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in spec.search.space.items()}
+    client.log_batch(run_id, params=_params({**base, **settings, **space}))
+    client.log_artifact(run_id, str(study_file))
+    return run_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold a lock file beside a sqlite store (no-op for other stores) while a driver creates the store, the
+    experiment and the parent run: two studies starting at once would both create the store's tables and run
+    its migrations, and one would fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0] + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _may_try(uri: str, force: bool) -> bool:
+    """Whether to call a server now: always, unless a call failed lately (within RETRY_EVERY s, unless
+    `force`) or it takes no connection."""
+    failed = _failed.get(uri)
+    if failed is None:
+        return True
+    if not force and time.monotonic() - failed < RETRY_EVERY:
+        return False
+    if answers(uri, timeout=RETRY_PROBE_SECONDS):
+        return True
+    _failed[uri] = time.monotonic()
+    return False
+
+
+def _log_model(uri: str, run_id: str, model) -> None:
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=_requirements())
+
+
+def _requirements() -> list[str]:
+    return [f"torch=={importlib.metadata.version('torch')}"]
+
+
+@contextlib.contextmanager
+def _local(folder: str, files: list[str]) -> Iterator[str]:
+    """`folder` as a local folder: itself, or a scratch copy of the files of one in an object store."""
+    if "://" not in folder:
+        yield folder
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in files:
+            Path(scratch, name).parent.mkdir(parents=True, exist_ok=True)
+            Path(scratch, name).write_bytes(read_bytes(f"{folder}/{name}"))
+        yield scratch
+
+
+def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+
+
+def _kept_files(folder: str) -> list[str | None]:
+    """Where a study folder holds kept calls: the names of its trials, None for the study's own."""
+    fs, root = _filesystem(folder)
+    found = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=True)):
+        parts = info.path[len(root):].strip("/").split("/")
+        if parts[-1] == KEPT and len(parts) <= 2:
+            found.append(parts[0] if len(parts) == 2 else None)
+    return found
+
+
+def _delete(path: str, folder: bool = False) -> None:
+    fs, root = _filesystem(path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_dir(root) if folder else fs.delete_file(root)
 
 
 def _params(values: dict) -> list[Param]:
