@@ -90,6 +90,20 @@ def replay_study(tmp_path: Path, uri: str | None, time_scale: float, name: str =
                       search__scheduler__name="none", tracking={"uri": uri, "figures_every": 0, "log_model": False})
 
 
+def started_study(tmp_path: Path, uri: str, time_scale: float, trials: int = 4) -> tuple[Path, Path, subprocess.Popen]:
+    """replay_study started as a user starts it, handed back once its first epoch is reported: (the study file,
+    its experiment folder, the driver, whose process group the caller stops)."""
+    study = replay_study(tmp_path, uri, time_scale, trials=trials)
+    experiment = tmp_path / "results" / "tiny"
+    driver = start([PYTHON, "-m", "vmistudy.run", str(study)], tmp_path / "run.log")
+    try:
+        wait_for(lambda: results(experiment), 180, "the first epoch", driver)
+    except BaseException:
+        stop_group(driver.pid)
+        raise
+    return study, experiment, driver
+
+
 def assert_every_point_once(uri: str, experiment: Path, name: str, trials: int) -> None:
     """One FINISHED run per trial; every metric the trial reported to Tune holds each of its epochs exactly once,
     with the reported value; the study's run FINISHED; nothing kept any more."""
@@ -200,11 +214,8 @@ def test_calls_the_server_did_not_take_are_kept_across_a_restart_and_logged_once
 def test_a_server_restarted_in_mid_study_loses_no_metric_point(tmp_path, server):
     """The issue's case: stopped 30 s into the study (its trials' epochs 12 of 15), started again 60 s later;
     MLflow's retries (7, about 4 minutes by default) bridge the outage."""
-    study = replay_study(tmp_path, server.uri, time_scale=2.5, trials=2)
-    experiment = tmp_path / "results" / "tiny"
-    driver = start([PYTHON, "-m", "vmistudy.run", str(study)], tmp_path / "run.log")
+    _, experiment, driver = started_study(tmp_path, server.uri, time_scale=2.5, trials=2)
     try:
-        wait_for(lambda: results(experiment), 180, "the first epoch", driver)
         time.sleep(30)
         server.stop()
         assert driver.poll() is None, "the study ended before the outage"
@@ -226,11 +237,8 @@ def test_an_outage_beyond_the_retry_budget_keeps_the_data_through_a_trial_restar
     ended. Trials go on, keep what they cannot log in their folders (a worker killed meanwhile resumes with what
     its trial kept); the user is told once; --resume, with the server back, logs it all, once."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    study = replay_study(tmp_path, server.uri, time_scale=0.6)
-    experiment = tmp_path / "results" / "tiny"
-    driver = start([PYTHON, "-m", "vmistudy.run", str(study)], tmp_path / "run.log")
+    study, experiment, driver = started_study(tmp_path, server.uri, time_scale=0.6)
     try:
-        wait_for(lambda: results(experiment), 180, "the first epoch", driver)
         time.sleep(3)
         server.stop()
         wait_for(lambda: list(experiment.glob(f"*/{KEPT}")), 60, "a trial keeping its calls", driver)
