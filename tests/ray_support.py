@@ -4,7 +4,6 @@ Every process a test starts gets its own session (process group); the test stops
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -14,10 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import kills
 from conftest import PYTHON, REPO
-from vmistudy.layout import TRIAL_STATE
 
 TOKEN = secrets.token_hex(16)
+# What a study left, read as the driver-kill benchmark reads it: every trial's result.json lines, in order, and the
+# epoch of its saved resume state (layout.TRIAL_STATE), by trial folder
+results, saved_epochs = kills.results, kills.saved_epochs
 
 
 def ray_env() -> dict:
@@ -68,22 +70,6 @@ def stop_group(pgid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(2)
-
-
-def results(experiment: Path) -> dict[str, list[dict]]:
-    """Every trial's reported results, in order, from its result.json."""
-    out = {}
-    for path in sorted(experiment.glob("*/result.json")):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        out[path.parent.name] = lines
-    return out
-
-
-def saved_epochs(experiment: Path) -> dict[str, int]:
-    """The epoch of each trial's saved resume state (layout.TRIAL_STATE), by trial folder."""
-    import torch
-
-    return {p.parent.name: torch.load(p, weights_only=True)["epoch"] for p in experiment.glob(f"*/{TRIAL_STATE}")}
 
 
 def trial_workers(session: int) -> list[int]:

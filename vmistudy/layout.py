@@ -17,6 +17,8 @@ from .errors import InputError
 
 SPEC_FILE = "vmistudy-spec.json"
 TRIAL_STATE = "vmistudy-state.pt"  # a trial's resume state, in its Tune folder, replaced after every epoch
+# a trial's configuration and the trial id its MLflow run is tagged with, in its Tune folder from its first start
+TRIAL_MARKER = "vmistudy-trial.json"
 
 
 def storage_path(spec: StudySpec) -> str:
@@ -62,6 +64,39 @@ def newest_file(spec: StudySpec, pattern: str) -> str | None:
 
 def trial_state_path(spec: StudySpec, trial_name: str) -> str:
     return f"{experiment_path(spec)}/{trial_name}/{TRIAL_STATE}"
+
+
+def read_marker(spec: StudySpec, trial_name: str) -> dict | None:
+    data = read_bytes(f"{experiment_path(spec)}/{trial_name}/{TRIAL_MARKER}")
+    return json.loads(data) if data else None
+
+
+def write_marker(spec: StudySpec, trial_name: str, marker: dict) -> None:
+    write_bytes(f"{experiment_path(spec)}/{trial_name}/{TRIAL_MARKER}", json.dumps(marker).encode())
+
+
+def unknown_trials(spec: StudySpec, known: set[str]) -> dict[str, dict]:
+    """The markers of trial folders (those with a marker) whose names are not in `known`, by folder name."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec))
+    folders = [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root))
+               if info.type == pyarrow.fs.FileType.Directory and info.base_name not in known]
+    markers = {name: read_marker(spec, name) for name in folders}
+    return {name: marker for name, marker in markers.items() if marker}
+
+
+def move_trial(spec: StudySpec, source: str, target: str) -> None:
+    """Give trial folder `source`'s files to trial folder `target`: a rename where `target` does not exist yet
+    (atomic on a local disk), else a copy, marker last, then `source` deleted; a kill midway leaves `source`
+    whole."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec))
+    source, target = f"{root}/{source}", f"{root}/{target}"
+    if fs.get_file_info(target).type == pyarrow.fs.FileType.NotFound:
+        fs.move(source, target)
+        return
+    for name in sorted((info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(source))),
+                       key=lambda name: name == TRIAL_MARKER):
+        pyarrow.fs.copy_files(f"{source}/{name}", f"{target}/{name}", source_filesystem=fs, destination_filesystem=fs)
+    fs.delete_dir(source)
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -4,11 +4,15 @@ Every algorithm runs through OptunaSearch with a define-by-run space (TPE, rando
 wrapped by `Replicates`, which turns each sampled configuration into `replicates` seeds and, with
 `paired_baseline`, a lambda_mi = 0 twin of each seed (same seed, so same initial weights). Twins are
 spared by ASHA and do not count toward the score the searcher sees. Trials log to MLflow through
-tracking.py's trackers; the driver-side `EndTrialRuns` callback ends their runs (the Tune side of the bridge).
+tracking.py's trackers; the driver-side `EndTrialRuns` callback ends their runs (the Tune side of the bridge), and
+`ContinueTrials` lets a trial go on from what it saved whatever instant the driver died at.
 """
 from __future__ import annotations
 
+import csv
 import io
+import json
+import logging
 import math
 import os
 import tempfile
@@ -18,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -29,9 +32,9 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from . import data as datasets
-from . import figures, replay
+from . import figures, layout, replay
 from .config import SUBSET_PATH, SearchSpec, StudySpec, rung_ranking, validate
-from .layout import experiment_path, read_bytes, storage_path, trial_state_path, write_bytes
+from .layout import experiment_path, read_bytes, storage_path, write_bytes
 from .tracking import NullStudyTracker, StudyTracker, TrialTracker
 from .trainer import Epoch, Trainer, save_checkpoint
 
@@ -212,8 +215,9 @@ class _Trial:
         node = ray.get_runtime_context().get_node_id()
         context = tune.get_context()
         name = context.get_trial_name()
-        run = tracker.trial(context.get_trial_id(), name, spec, node)
-        return cls(spec, run, node, trial_state_path(study, name))
+        marker = layout.read_marker(study, name) or {}  # ContinueTrials writes it before the trial starts
+        run = tracker.trial(context.get_trial_id(), name, spec, node, marker.get("owners", []))
+        return cls(spec, run, node, layout.trial_state_path(study, name))
 
     def restored_state(self) -> dict | None:
         data = read_bytes(self.state_path)
@@ -227,7 +231,9 @@ class _Trial:
         write_bytes(self.state_path, buffer.getvalue())
         metrics = {**metrics, "seed": self.spec.train.seed, "lambda_mi": self.spec.mi.lambda_mi, "node_id": self.node,
                    RUN_ID: self.run.run_id, KEPT: self.run.kept}
-        if metrics["epoch"] < self.spec.train.epochs:
+        if metrics["epoch"] < self.spec.train.epochs or tune.get_checkpoint():
+            # a trial Tune restored from its last-epoch checkpoint reports that epoch again without a new one: with
+            # one checkpoint kept, Tune would delete the one its saved experiment state names
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -266,25 +272,78 @@ class EndTrialRuns(tune.Callback):
         self.tracker.end_trial(trial.trial_id, _short_name(trial), "FAILED", (trial.last_result or {}).get(RUN_ID))
 
 
-class KeepTrialLogs(tune.Callback):
-    """Driver side: a trial restored without a Tune checkpoint keeps the logs of its first life.
+class ContinueTrials(tune.Callback):
+    """Driver side: a trial goes on from what it saved, its logs included, even where Tune lost it.
 
-    Tune starts such a trial's result.json and progress.csv afresh, as if it started over; a vmistudy trial
-    goes on from its own saved state (see _Trial), so its logs go on too. Placed before Tune's loggers,
-    this copies the stored files back into the trial's fresh local folder before they open them.
+    Tune snapshots its experiment state (trials, searcher) every few seconds. A trial started after the last
+    snapshot before the driver died is unknown to the resumed study, whose searcher, restored from that
+    snapshot, suggests the same configuration again as a new trial. So each trial is marked at its first start
+    (layout.TRIAL_MARKER: its configuration, and the ids of the trials that had its folder), before it can
+    save anything; at its first start a trial takes over the folder (saved state, MLflow run, logs) of such a
+    lost trial with its configuration. The runs of lost trials nobody took over end KILLED with the study.
+
+    Tune also starts a restored trial's result.json and progress.csv afresh, as if the trial started over
+    (unless it has a Tune checkpoint); this copies the stored ones back into the trial's fresh local folder
+    before Tune's loggers open them, without the last epoch's rows, which a trial that ended before Tune
+    recorded it reports again.
     """
 
+    def __init__(self, spec: StudySpec, tracker: StudyTracker | NullStudyTracker):
+        self.spec, self.tracker = spec, tracker
+        self.lost: dict[str, dict] | None = None  # the markers of lost trials, by folder name
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        name = trial.storage.trial_dir_name
+        if self.lost is None:  # the first start of this driver: every trial it restored is known by now
+            lost = layout.unknown_trials(self.spec, {t.storage.trial_dir_name for t in trials})
+            self.lost = {folder: marker for folder, marker in lost.items() if not marker.get("ended")}
+        if layout.read_marker(self.spec, name) is None:
+            self._first_start(trial, name)
+        self._keep_logs(trial)
+
+    def _first_start(self, trial, name: str) -> None:
+        config = json.dumps(trial.config, sort_keys=True, default=str)
+        lost = next((folder for folder, marker in self.lost.items() if marker["config"] == config), None)
+        owners = self.lost.pop(lost)["owners"] if lost else []
+        if lost:
+            layout.move_trial(self.spec, lost, name)
+        layout.write_marker(self.spec, name, {"config": config, "owners": [*owners, trial.trial_id]})
+
+    def _keep_logs(self, trial) -> None:
+        """Put the trial's stored logs, less its last epoch's rows, in its local folder and in storage (whence Tune
+        copies them itself when the trial has a Tune checkpoint)."""
+        epochs = trial_spec(self.spec, trial.config).train.epochs
         for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
             local = Path(trial.local_path, name)
             if local.exists():  # the same driver restarting a trial: the logs are already here
                 continue
+            stored = f"{experiment_path(self.spec)}/{trial.storage.trial_dir_name}/{name}"
+            text = (read_bytes(stored) or b"").decode()
+            if not text:  # a trial's first start: nothing stored yet
+                continue
+            kept = _without_epoch(text, epochs, name == EXPR_RESULT_FILE)
+            if kept != text:
+                write_bytes(stored, kept.encode())
             local.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                pyarrow.fs.copy_files(Path(trial.storage.trial_fs_path, name).as_posix(), local.as_posix(),
-                                      source_filesystem=trial.storage.storage_filesystem)
-            except FileNotFoundError:  # a trial's first start: nothing stored yet
-                pass
+            local.write_text(kept)
+
+    def on_experiment_end(self, trials, **info):
+        for folder, marker in (self.lost or {}).items():
+            *earlier, last = marker["owners"]
+            self.tracker.end_trial(last, folder, "KILLED", earlier_ids=earlier)
+            layout.write_marker(self.spec, folder, {**marker, "ended": True})
+
+
+def _without_epoch(text: str, epoch: int, is_json: bool) -> str:
+    """A result.json's (JSON lines) or progress.csv's text without the rows of `epoch`."""
+    lines = text.splitlines(keepends=True)
+    if is_json:
+        return "".join(line for line in lines if line.strip() and json.loads(line).get("epoch") != epoch)
+    if not lines:
+        return text
+    column = next(csv.reader(lines[:1])).index("epoch")
+    return "".join([lines[0], *(line for line, row in zip(lines[1:], csv.reader(lines[1:]))
+                                 if row[column] != str(epoch))])
 
 
 def _short_name(trial) -> str:
@@ -315,7 +374,7 @@ def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker, callbacks: 
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # a trial's last-epoch checkpoint (its only one, see _Trial) makes Tune save the experiment state
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose, stop=stop,
-            callbacks=[KeepTrialLogs(), EndTrialRuns(tracker), *callbacks]),
+            callbacks=[ContinueTrials(spec, tracker), EndTrialRuns(tracker), *callbacks]),
     )
 
 
@@ -325,10 +384,13 @@ def restore(spec: StudySpec, tracker: StudyTracker | NullStudyTracker) -> tune.T
                               resume_unfinished=True, resume_errored=True)
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS, which `ray job submit` sets), else start a local Ray."""
+def connect(address: str | None, verbose: bool = False) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS, which `ray job submit` sets), else start a local Ray.
+    `verbose`: Ray's log lines and the trials' own output on the console too (the study's view is console.py)."""
     address = address or os.environ.get("RAY_ADDRESS")
+    level = logging.INFO if verbose else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=verbose, logging_level=level)

@@ -29,13 +29,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import mlflow
 import pyarrow.fs
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from .config import StudySpec, flatten
@@ -102,7 +102,7 @@ class Outbox:
     """
 
     def __init__(self, client: MlflowClient, path: str, experiment_id: str, trial_id: str | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, earlier_ids: Sequence[str] = ()):
         self.client, self.path = client, path
         saved = read_bytes(path)
         try:
@@ -114,6 +114,7 @@ class Outbox:
         self.experiment_id = kept.get("experiment_id", experiment_id)
         self.trial_id = kept.get("trial_id", trial_id)
         self.run_id = kept.get("run_id") or run_id
+        self.earlier_ids = earlier_ids  # trial ids the run may still be tagged with: lost trials' it took over
         self.calls: list[dict] = kept.get("calls", [])
         self.saved = bool(saved)
         self.logged: int | None = None  # the run's last logged epoch, once read
@@ -140,16 +141,19 @@ class Outbox:
         getattr(self, f"_{call['call']}")(**{k: v for k, v in call.items() if k != "call"})
 
     def _find(self) -> str | None:
-        if self.run_id is None and self.trial_id:
-            runs = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{self.trial_id}'",
-                                           max_results=1)
-            self.run_id = runs[0].info.run_id if runs else None
+        for trial_id in dict.fromkeys([self.trial_id, *reversed(self.earlier_ids)]):  # the newest first
+            if self.run_id is None and trial_id:
+                runs = self.client.search_runs([self.experiment_id], f"tags.`{TRIAL_TAG}` = '{trial_id}'",
+                                               max_results=1)
+                self.run_id = runs[0].info.run_id if runs else None
         return self.run_id
 
     def _open(self, name: str, tags: dict[str, str], params: dict[str, str]) -> None:
-        """The trial's run: found (a resumed trial continues it, on whatever node it now runs) or created."""
+        """The trial's run: found (a resumed trial continues it, on whatever node it now runs, under its present
+        trial id and name) or created."""
         if self._find():
-            self.client.set_tag(self.run_id, "node", tags["node"])
+            tags = {**tags, "mlflow.runName": name}
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             return
         self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
@@ -228,21 +232,24 @@ class StudyTracker:
     def client(self) -> MlflowClient:
         return MlflowClient(self.uri)
 
-    def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str) -> TrialTracker:
-        return TrialTracker(self, trial_id, trial_name, spec, node)
+    def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str,
+              earlier_ids: Sequence[str] = ()) -> TrialTracker:
+        return TrialTracker(self, trial_id, trial_name, spec, node, earlier_ids)
 
     def outbox(self, trial_name: str | None = None, trial_id: str | None = None,
-               run_id: str | None = None) -> Outbox:
+               run_id: str | None = None, earlier_ids: Sequence[str] = ()) -> Outbox:
         """The outbox of a trial's run, in the trial's folder (of the study's parent run without a trial)."""
         if trial_name is None:
             return Outbox(self.client, f"{self.folder}/{KEPT}", self.experiment_id, run_id=self.parent_run_id)
-        return Outbox(self.client, f"{self.folder}/{trial_name}/{KEPT}", self.experiment_id, trial_id, run_id)
+        return Outbox(self.client, f"{self.folder}/{trial_name}/{KEPT}", self.experiment_id, trial_id, run_id,
+                      earlier_ids)
 
-    def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None) -> None:
+    def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None,
+                  earlier_ids: Sequence[str] = ()) -> None:
         """End a trial's run FINISHED or FAILED (from the driver, which sees every trial end), after what the
-        trial kept; the run is looked up by trial id unless its id is given (a trial reports it, sparing a
-        search per trial)."""
-        if not self.outbox(trial_name, trial_id, run_id).send({"call": "end", "status": status}):
+        trial kept; the run is looked up by trial id (or `earlier_ids`) unless its id is given (a trial reports
+        it, sparing a search per trial)."""
+        if not self.outbox(trial_name, trial_id, run_id, earlier_ids).send({"call": "end", "status": status}):
             self.tell_kept()
 
     def finish(self, summary: dict[str, float], failed: bool) -> None:
@@ -283,12 +290,14 @@ class TrialTracker:
 
     study: the study's tracker; trial_id, trial_name: Tune's, the run's tag and name; spec: the trial's
     full spec, logged as params when the run is created; node: the Ray node the trial runs on (a tag,
-    rewritten at every start, since a resumed trial may land elsewhere). The trial's calls go through its
-    outbox; `kept` counts those the server has not taken yet.
+    rewritten at every start, since a resumed trial may land elsewhere); earlier_ids: the lost trials whose
+    folder and run the trial took over, the oldest first (study.ContinueTrials). The trial's calls go through
+    its outbox; `kept` counts those the server has not taken yet.
     """
 
-    def __init__(self, study: StudyTracker, trial_id: str, trial_name: str, spec: StudySpec, node: str):
-        self.outbox = study.outbox(trial_name, trial_id)
+    def __init__(self, study: StudyTracker, trial_id: str, trial_name: str, spec: StudySpec, node: str,
+                 earlier_ids: Sequence[str] = ()):
+        self.outbox = study.outbox(trial_name, trial_id, earlier_ids=earlier_ids)
         tags = {PARENT_TAG: study.parent_run_id, STUDY_TAG: spec.name, TRIAL_TAG: trial_id,
                 "seed": str(spec.train.seed), "node": node}
         params = {k: str(v)[:PARAM_LIMIT] for k, v in flatten(spec).items()}
@@ -326,10 +335,12 @@ class TrialTracker:
 class NullStudyTracker:
     """Tracking off: takes the calls a `StudyTracker` takes and records nothing."""
 
-    def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str) -> NullTrialTracker:
+    def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str,
+              earlier_ids: Sequence[str] = ()) -> NullTrialTracker:
         return NullTrialTracker()
 
-    def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None) -> None:
+    def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None,
+                  earlier_ids: Sequence[str] = ()) -> None:
         pass
 
     def finish(self, summary: dict[str, float], failed: bool) -> None:
