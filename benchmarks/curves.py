@@ -160,7 +160,9 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.curves", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.curves", description=__doc__.split("\n\n")[0], examples=[
+        "python -m benchmarks.curves studies/curves.yaml            # the table: about 2 h on 2 cores",
+        "python -m benchmarks.curves studies/curves.yaml --summary  # what the finished table shows"])
     parser.add_argument("study", type=Path, help="a grid study, e.g. studies/curves.yaml")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/curves"), help="folder of the table")

@@ -51,7 +51,9 @@ def measure(study: Path, overrides: list[str], spec: config.StudySpec) -> dict:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0], examples=[
+        "python -m benchmarks.overhead                              # studies/quick.yaml",
+        "python -m benchmarks.overhead studies/quick.yaml --set data.subset=null --set data.test_subset=null"])
     parser.add_argument("studies", nargs="*", type=Path, default=[REPO / "studies" / "quick.yaml"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every study")
     args = parser.parse_args(argv)

@@ -81,7 +81,9 @@ def _line(row: dict[str, float], lambda_mi: float, header: bool) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.rescaling", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.rescaling", description=__doc__.split("\n\n")[0], examples=[
+        "python -m vmistudy.train studies/gaussian.yaml --set train.epochs=3 --set data.subset=10000 --out runs/gauss",
+        "python -m benchmarks.rescaling runs/gauss/checkpoint.pt --alphas 1,0.1 --steps 300"])
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt of a model with Gaussian MI targets")
     parser.add_argument("--alphas", default="1,0.3,0.1,0.03", help="comma-separated scale factors (> 0)")
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps of each fresh Q")

@@ -160,7 +160,9 @@ def _check(args) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0], examples=[
+        "python -m benchmarks.scale --trials 1000",
+        "python -m benchmarks.scale --trials 96 --stores sqlite"])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--stores", default=",".join(STORES), help=f"comma-separated: {', '.join(STORES)}")
     parser.add_argument("--table", type=Path, default=TABLE, help="the learning-curve table to replay")

@@ -103,7 +103,10 @@ def run_study(s: config.StudySpec, table: replay.CurveTable, good: set) -> int:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.study_efficiency", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(
+        prog="python -m benchmarks.study_efficiency", description=__doc__.split("\n\n")[0], examples=[
+            "python -m benchmarks.study_efficiency --seeds 50 --strategies default,random",
+            "python -m benchmarks.study_efficiency --seeds 5 --strategies default"])
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
     parser.add_argument("--table", type=Path, default=TABLE)

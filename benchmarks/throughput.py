@@ -172,7 +172,9 @@ def _check(args) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0], examples=[
+        "python -m benchmarks.throughput",
+        "python -m benchmarks.throughput --seconds 5 --warmup 1 --threads 1"])
     parser.add_argument("--data", default=None,
                         help="folder holding MNIST/raw (default: $VMISTUDY_DATA, then the cache)")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per configuration")

@@ -23,7 +23,8 @@ LAYERS = {
     # the MLflow adapter and what reads through it
     "tracking": READERS, "report": READERS,
     # the Ray Tune side: may use everything
-    "study": set(), "run": set(),
+    "study": set(), "run": set(), "console": set(),
+    "history": set(),  # Optuna's record of a study: a Tune callback
 }
 COMMANDS_FIRST = ["train", "evaluate", "report", "figures"]  # few probes load every module
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -149,6 +150,9 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
                        tracking={"figures_every": 0, "log_model": False}, mi__fresh_q_steps=5)
     code, log = run_study(study, log=tmp_path / "run.log")
     assert code == 0, log[-3000:]
+    # the run ends with the configuration beside its twins, the paired difference, and where to look next
+    assert log.count("lambda_mi = 0 twin of lambda_mi=5") == 2 and "lambda_mi=5  (2 seeds)" in log, log[-3000:]
+    assert re.search(r"accuracy_hungarian .* twin .* difference [+-]", log) and "report:  python -m" in log
     done = subprocess.run([PYTHON, "-m", "vmistudy.report", str(study), "--out", str(tmp_path / "report")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

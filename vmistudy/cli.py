@@ -1,13 +1,15 @@
-"""What the command-line entry points share: one exit for bad input, their argument parser, loading a study,
-checking an output folder, a progress bar."""
+"""What the command-line entry points share: one exit for bad input, their argument parser with its examples,
+quiet libraries, loading a study, checking an output folder, a progress bar."""
 from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import config
 from .errors import InputError
@@ -29,10 +31,34 @@ def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | N
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are InputErrors: one line and exit 2, like every other bad input (argparse
-    itself prints its usage first)."""
+    itself prints its usage first). `examples`: command lines that work in this repository, shown by --help."""
+
+    def __init__(self, *args, examples: Sequence[str] = (), **kwargs):
+        if examples:
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+            kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter  # one example a line, as written
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise InputError(f"{message} (see {self.prog} --help)")
+
+    def add_verbose(self) -> None:
+        self.add_argument("--verbose", action="store_true",
+                          help="show the warnings, log lines and progress bars of the libraries underneath")
+
+
+def quiet(verbose: bool = False) -> None:
+    """Keep out of a command's output what libraries print for their own developers, unless `verbose`: MLflow's
+    log lines, warnings and artifact progress bars, deprecation warnings. Set in the environment too, so that the
+    processes a command starts (Ray's workers) are as quiet; a variable the user has set wins."""
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each download
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(level.upper())  # here it may be imported already
+    warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 def load_study(path: str | Path, overrides: list[str], service: bool = False) -> config.StudySpec:

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from . import config, data
-from .cli import ArgumentParser, command
+from .cli import ArgumentParser, command, quiet
 from .errors import InputError
 from .metrics import EVAL_BATCHES, frozen_mi
 from .networks import VAE
@@ -43,19 +43,24 @@ def evaluate(state: dict, steps: int, eval_batches: int = EVAL_BATCHES, seed: in
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m vmistudy.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.evaluate", description=__doc__.split("\n\n")[0], examples=[
+        "python -m vmistudy.train tests/studies/tiny.yaml --out runs/tiny   # first, a model to evaluate",
+        "python -m vmistudy.evaluate runs/tiny/model.pt --steps 300",
+        "python -m vmistudy.evaluate runs/tiny/checkpoint.pt --json"])
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt or model.pt written by vmistudy.train")
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps to fit the fresh Q (batch 256)")
     parser.add_argument("--eval-batches", type=int, default=EVAL_BATCHES,
                         help="held-out batches of 256 to score Q on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_verbose()
     return parser.parse_args(argv)
 
 
 @command
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
+    quiet(args.verbose)
     if args.steps < 1 or args.eval_batches < 1:
         raise InputError("--steps and --eval-batches must be >= 1")
     if not 0 <= args.seed < config.INT_LIMIT:

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from ray import tune
 
-from . import config, layout, replay, study, tracking
-from .cli import ArgumentParser, check_writable, command, load_study
+from . import config, console, layout, replay, study, tracking
+from .cli import ArgumentParser, check_writable, command, load_study, quiet
 from .errors import InputError
 
 MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "train.device", "search.max_failures"}
@@ -31,37 +30,49 @@ MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "trai
 # (search_gen_state-*.json too, whatever its name says)
 EXPERIMENT_STATE = "experiment_state-*.json"
 TUNE_STATE = ("tuner.pkl", EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
+CONFIGURATIONS_SHOWN = 5  # in the summary: the best, each beside its twins
 DAMAGED_STUDY = "Tune cannot resume from it: restore the file, or start the study afresh with --set name=NEW"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m vmistudy.run", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.run", description=__doc__.split("\n\n")[0], examples=[
+        "python -m vmistudy.run studies/quick.yaml          # a few minutes on a local Ray",
+        "python -m vmistudy.run studies/quick.yaml --resume # after a crash or Ctrl-C: continue where it stopped",
+        "python -m vmistudy.run tests/studies/tiny.yaml --set search.num_samples=8 --set name=tiny-8",
+        "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m vmistudy.run studies/joint.yaml"])
     parser.add_argument("study", help="study file (YAML) with a search section")
     parser.add_argument("--resume", action="store_true", help="continue the study where it stopped")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, e.g. --set search.num_samples=8 (repeatable)")
     parser.add_argument("--address", help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
+    parser.add_verbose()
     return parser.parse_args(argv)
 
 
 @command
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
+    quiet(args.verbose)
     spec = load_study(args.study, args.set, service=True)
     if spec.replay.table:
         replay.read(spec.replay.table).check(spec)
     check_start(spec, args.resume)
     tracker = tracking.start_study(spec, Path(args.study), layout.storage_path(spec))
-    study.connect(args.address)
+    study.connect(args.address, args.verbose)
+    if not args.verbose:
+        console.quiet_tune()
     if args.resume:
         tuner = study.restore(spec, tracker)
     else:
         layout.write_spec(spec)
-        tuner = study.tuner(spec, tracker)
+        tuner = study.tuner(spec, tracker, callbacks=(console.Progress(spec),), verbose=1 if args.verbose else 0)
     results = tuner.fit()
-    status = _summarize(results, spec, " ".join([args.study, *(f"--set {item}" for item in args.set)]))
+    status = _summarize(results, spec)
     tracker.finish(_summary_metrics(results, spec), failed=status != 0)
-    print(tracker.describe(spec))
+    invocation = " ".join([args.study, *(f"--set {item}" for item in args.set)])
+    print(f"\nnext:\n  report:  python -m vmistudy.report {invocation}  (pairs, curves, figures)\n"
+          f"  {tracker.describe(spec)}\n  results: {layout.experiment_path(spec)}\n"
+          f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
     sys.exit(status)
 
 
@@ -137,26 +148,23 @@ def _trial_state(path: str, name: str) -> None:
                          f"to run trial {name} again from epoch 0, then --resume")
 
 
-def _summarize(results: tune.ResultGrid, spec: config.StudySpec, invocation: str) -> int:
-    """Print the best trials and the errored ones; return the exit status."""
+def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
+    """Print each configuration beside its lambda_mi = 0 twins (the best CONFIGURATIONS_SHOWN) and the errored
+    trials; return the exit status."""
     search = spec.search
-    rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        rows.append({"trial": metrics.get("trial_id", result.path.rsplit("_", 1)[-1]),
-                     "status": "ERROR" if result.error else "ok",
-                     "epoch": metrics.get("epoch"), "seed": metrics.get("seed"),
-                     "lambda_mi": metrics.get("lambda_mi"),
-                     **{k: v for k, v in (result.config or {}).items() if k in search.space},
-                     search.metric: metrics.get(search.metric)})
-    table = pd.DataFrame(rows).sort_values(search.metric, ascending=search.mode == "min", na_position="last")
-    print(f"\n{len(table)} trials of study {spec.name} ({search.metric}, {search.mode}; test split):")
-    print(table.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    rows = [{"config": result.config or {}, "metrics": result.metrics or {}} for result in results]
+    lines = console.comparison(rows, spec)
+    shown = [i for i, line in enumerate(lines) if not line.startswith(" ")][CONFIGURATIONS_SHOWN:]
+    twins = " beside its lambda_mi = 0 twins (same seeds and initial weights)" if search.paired_baseline else ""
+    print(f"\n{len(rows)} trials of study {spec.name}: each configuration{twins}, mean +- 95% interval over "
+          f"seeds, test split; best {search.metric} ({search.mode}) first")
+    print("\n".join(lines[:shown[0]] if shown else lines))
+    if shown:
+        print(f"... and {len(shown)} more configurations (python -m vmistudy.report lists them all)")
     for result in results:
         if result.error:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
-    print(f"\nresults: {layout.experiment_path(spec)}\nresume:  python -m vmistudy.run {invocation} --resume")
     return 1 if results.errors else 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import config, data
-from .cli import ArgumentParser, ProgressBar, check_writable, command, load_study
+from .cli import ArgumentParser, ProgressBar, check_writable, command, load_study, quiet
 from .errors import InputError
 from .trainer import Trainer, load_checkpoint, save_checkpoint
 
@@ -26,18 +26,24 @@ MAY_CHANGE_ON_RESUME = {"train.epochs", "train.threads", "train.device"}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m vmistudy.train", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.train", description=__doc__.split("\n\n")[0], examples=[
+        "python -m vmistudy.train tests/studies/tiny.yaml --out runs/tiny       # seconds, synthetic images",
+        "python -m vmistudy.train studies/train_quick.yaml --out runs/quick     # about a minute on MNIST",
+        "python -m vmistudy.train studies/train_quick.yaml --set mi.lambda_mi=0 --out runs/elbo",
+        "python -m vmistudy.train studies/train_quick.yaml --resume runs/quick --set train.epochs=6  # extend"])
     parser.add_argument("study", help="study file (YAML)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, e.g. --set mi.lambda_mi=5 (repeatable)")
     parser.add_argument("--out", type=Path, help="output folder (default runs/<study name>)")
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    parser.add_verbose()
     return parser.parse_args(argv)
 
 
 @command
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
+    quiet(args.verbose)
     spec = load_study(args.study, args.set)
     recipe = spec.recipe
     out = args.resume or args.out or Path("runs") / spec.name
