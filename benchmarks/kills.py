@@ -510,7 +510,9 @@ def _reason(log: Path) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m benchmarks.kills", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.kills", description=__doc__.split("\n\n")[0], examples=[
+        "python -m benchmarks.kills                 # 50 kills, about 25 minutes on 2 cores",
+        "python -m benchmarks.kills --kills 10 --seed 12 --folder /tmp/kills   # the test's campaign, kept"])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="of the kill instants and the study's searcher")
     parser.add_argument("--folder", type=Path, help="where the study runs (default: a new temporary folder)")
