@@ -97,6 +97,10 @@ def test_optuna_asha_study_completes_and_refuses_to_start_over(tmp_path):
     # the console: a line per trial and status lines, not Tune's tables, its warnings or a TensorBoard hint
     assert len(re.findall(r"^trial \w+ done", log, re.M)) == 4 and "4/4 trials ended" in log, log[-3000:]
     assert not any(s in log for s in ("Trial status", "TensorBoard", "snapshotting")), log[-3000:]
+    # the search's history, for optuna-dashboard and the report: one Optuna trial per configuration
+    optuna_db = f"sqlite:///{tmp_path}/results/optuna.db"
+    assert f"optuna-dashboard {optuna_db}" in log
+    assert len(optuna.load_study(study_name="tiny", storage=optuna_db).trials) == 4
     assert list(experiment.glob("searcher-state-*.pkl")), "Optuna's state is saved for --resume"
 
     again = run_cli("run", tiny_study(tmp_path))

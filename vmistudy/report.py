@@ -5,7 +5,8 @@
 Prints the best trials and writes DIR/report.md (default <storage>/<name>/report) with: the best trials;
 lambda_mi > 0 against its lambda_mi = 0 twin, per seed and as mean +- 95% CI over seeds; mi_lower_bound
 and kl_categorical over epochs overlaid (thesis figs. 4.8/4.9); one traversal row per lambda (fig. 4.4);
-each pair's final figures side by side. The report is also logged to the study's parent run.
+each pair's final figures side by side; Optuna's views of the search (history.py). The report is also logged
+to the study's parent run.
 """
 from __future__ import annotations
 
@@ -20,10 +21,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from . import config, layout, tracking
-from .cli import ArgumentParser, check_writable, command, load_study
+from .cli import ArgumentParser, check_writable, command, load_study, quiet
 from .errors import InputError
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per figure otherwise
 
 CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
@@ -134,7 +133,8 @@ def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None
             if history:
                 drawn = True
                 ax.plot(*zip(*history), linestyle="--" if run["lambda_mi"] == 0 else "-",
-                        label=f"{run['tags.mlflow.runName']} (lambda {run['lambda_mi']:.3g})")
+                        # lambda first: matplotlib leaves out labels that start with "_", as trial names do
+                        label=f"lambda {run['lambda_mi']:.3g}: {run['tags.mlflow.runName']}")
         ax.set(xlabel="epoch", ylabel=f"{key} (nats, test split)", title=key)
     if not drawn:
         plt.close(fig)
@@ -189,7 +189,8 @@ def write(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> 
     lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
              "", "## Best trials", "", _markdown(best.head(10)), "",
              *_summary_section(runs, metric, spec.search.mode), *_pairs_section(paired),
-             *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out)]
+             *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out),
+             *_optuna_section(spec, out)]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     tracker.client.log_artifacts(tracker.parent_run_id, str(out), "report")
@@ -272,13 +273,33 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
     return lines
 
 
+def _optuna_section(spec: config.StudySpec, out: Path) -> list[str]:
+    """Optuna's views of the search, drawn from the study's Optuna history (history.OptunaHistory)."""
+    from . import history  # here: it is Tune's side (Ray, Optuna); the report's module stays without them
+
+    lines = ["## Optuna's views of the search (one point per configuration: the mean over its seeds)", ""]
+    study = history.load(spec)
+    if study is None:
+        where = history.storage_url(spec)
+        why = f"no study {spec.name} in {where}" if where else "none is kept beside a storage URI"
+        return lines + [f"Not drawn: {why}.", ""]
+    lines += [f"Live while the study runs: `{history.dashboard_command(spec)}`", ""]
+    for name, drawn in history.draw(study, out).items():
+        lines += [f"![{name}]({drawn.name})" if isinstance(drawn, Path) else f"{name}: not drawn ({drawn}).", ""]
+    return lines
+
+
 @command
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m vmistudy.report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m vmistudy.report", description=__doc__.split("\n\n")[0], examples=[
+        "python -m vmistudy.report studies/quick.yaml        # after python -m vmistudy.run studies/quick.yaml",
+        "python -m vmistudy.report studies/reproduce.yaml --out reports/reproduce"])
     parser.add_argument("study", help="the study file the study was run with")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="report folder (default <storage>/<name>/report)")
+    parser.add_verbose()
     args = parser.parse_args(argv)
+    quiet(args.verbose)
     spec = load_study(args.study, args.set, service=True)
     storage = layout.storage_path(spec)
     _check_store(spec, storage, args.study)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from . import config, console, layout, replay, study, tracking
+from . import config, console, history, layout, replay, study, tracking
 from .cli import ArgumentParser, check_writable, command, load_study, quiet
 from .errors import InputError
 
@@ -65,13 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         tuner = study.restore(spec, tracker)
     else:
         layout.write_spec(spec)
-        tuner = study.tuner(spec, tracker, callbacks=(console.Progress(spec),), verbose=1 if args.verbose else 0)
+        callbacks = (console.Progress(spec), history.OptunaHistory(spec))
+        tuner = study.tuner(spec, tracker, callbacks=callbacks, verbose=1 if args.verbose else 0)
     results = tuner.fit()
     status = _summarize(results, spec)
     tracker.finish(_summary_metrics(results, spec), failed=status != 0)
     invocation = " ".join([args.study, *(f"--set {item}" for item in args.set)])
     print(f"\nnext:\n  report:  python -m vmistudy.report {invocation}  (pairs, curves, figures)\n"
-          f"  {tracker.describe(spec)}\n  results: {layout.experiment_path(spec)}\n"
+          f"  {tracker.describe(spec)}\n{_optuna_line(spec)}  results: {layout.experiment_path(spec)}\n"
           f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
     sys.exit(status)
 
@@ -166,6 +167,10 @@ def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
     return 1 if results.errors else 0
+
+
+def _optuna_line(spec: config.StudySpec) -> str:
+    return f"  optuna:  {history.dashboard_command(spec)}  (the search's history)\n" if history.storage_url(spec) else ""
 
 
 def _summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:

@@ -15,6 +15,10 @@ which sends them in order and keeps those the server did not take in a file besi
 folder; the study's for the parent run), so that they survive a restart of the trial or the driver. They are
 sent with the next call that finds the server back, when the study ends, or by --resume at the latest.
 Training does not wait for an absent server: after a failure a process tries it again every RETRY_EVERY s.
+
+A trial's run also gets the machine's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) through
+MLflow's own monitor, sampled in a thread of the trial's process (`SystemMetrics`); what the server does not take
+of those is dropped, not kept.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import contextlib
 import fcntl
 import importlib.metadata
 import json
+import logging
 import socket
 import sys
 import tempfile
@@ -37,6 +42,7 @@ import pyarrow.fs
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from .config import StudySpec, flatten
 from .errors import InputError
@@ -54,11 +60,15 @@ UNANSWERED = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEED
 # how long to wait for a connection: before a study starts, and while it runs (not to hold up training)
 PROBE_SECONDS, RETRY_PROBE_SECONDS = 5.0, 1.0
 CALLS = ("open", "metrics", "artifacts", "model", "end")
+SYSTEM_METRICS_EVERY = 10.0  # seconds between a trial's system metrics points: a few per epoch of a short trial
 
 Render = Callable[[Path], dict[str, Path]]  # writes figures into a folder, returns {name: path}
 
 _failed: dict[str, float] = {}  # tracking URI: when a call to it last failed, in this process
 _told: set[str] = set()  # tracking URIs whose absence this process has told the user of
+_monitor: SystemMetrics | None = None  # this process's system metrics monitor (a process runs one trial at a time)
+
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not its start and no-GPU lines per trial
 
 
 def tracking_uri(spec: StudySpec, storage: str) -> str:
@@ -219,6 +229,65 @@ class Outbox:
             _delete(call["folder"], folder=True)
 
 
+class SystemMetrics(SystemMetricsMonitor):
+    """MLflow's system metrics monitor of one run, made to ride out a server that does not answer.
+
+    MLflow's own loop asks the server for the run's status at every sample, with the client's retries (minutes),
+    and warns and stops for good at the first failure. This one logs a point (under system/, at the next step)
+    every SYSTEM_METRICS_EVERY s while the run is RUNNING, calls no server this process knows absent (`_may_try`),
+    drops quietly the points a server does not take, and stops when the run ends or its store is gone.
+    """
+
+    def __init__(self, run_id: str, uri: str):
+        # resume_logging: a resumed trial's points go on from the last step of its run
+        super().__init__(run_id, sampling_interval=SYSTEM_METRICS_EVERY, resume_logging=True, tracking_uri=uri)
+
+    def monitor(self) -> None:
+        self.collect_metrics()  # psutil's first CPU reading means nothing: each point covers the time since the last
+        self._drop()
+        while not self._shutdown_event.wait(self.sampling_interval) and self._log():
+            pass
+
+    def stop(self) -> None:
+        """Stop after the call under way, without waiting for it (MLflow's `finish` would, retries and all)."""
+        self._shutdown_event.set()
+
+    def _log(self) -> bool:
+        """Log what was sampled since the last point; False when the run is over."""
+        uri = self._tracking_uri
+        self.collect_metrics()
+        if not _may_try(uri, force=False):
+            self._drop()
+            return True
+        try:
+            if MlflowClient(uri).get_run(self._run_id).info.status != "RUNNING":
+                return False
+            self.publish_metrics(self.aggregate_metrics())
+            _failed.pop(uri, None)
+        except MlflowException as e:
+            if e.error_code not in UNANSWERED:
+                return False  # the run or its experiment is gone
+            _failed[uri] = time.monotonic()
+            self._drop()
+        return True
+
+    def _drop(self) -> None:
+        self.mlflow_logger.data.clear()
+        for monitor in self.monitors:
+            monitor.clear_metrics()
+
+
+def _watch(run_id: str, uri: str) -> SystemMetrics:
+    """Start logging system metrics to a run, stopping this process's last monitor (a reused Ray worker has
+    moved on to another trial)."""
+    global _monitor
+    if _monitor is not None:
+        _monitor.stop()
+    _monitor = SystemMetrics(run_id, uri)
+    _monitor.start()
+    return _monitor
+
+
 @dataclass(frozen=True)
 class StudyTracker:
     """Where a study's runs live; small and picklable, handed to every trial. `folder`: the study's folder,
@@ -292,7 +361,9 @@ class TrialTracker:
     full spec, logged as params when the run is created; node: the Ray node the trial runs on (a tag,
     rewritten at every start, since a resumed trial may land elsewhere); earlier_ids: the lost trials whose
     folder and run the trial took over, the oldest first (study.ContinueTrials). The trial's calls go through
-    its outbox; `kept` counts those the server has not taken yet.
+    its outbox; `kept` counts those the server has not taken yet. With tracking.system_metrics, the run gets
+    system metrics from when the server has taken its calls (the run exists) until the run ends, the trial's
+    process ends, or the process starts another trial.
     """
 
     def __init__(self, study: StudyTracker, trial_id: str, trial_name: str, spec: StudySpec, node: str,
@@ -302,6 +373,9 @@ class TrialTracker:
                 "seed": str(spec.train.seed), "node": node}
         params = {k: str(v)[:PARAM_LIMIT] for k, v in flatten(spec).items()}
         self.outbox.send({"call": "open", "name": trial_name, "tags": tags, "params": params})
+        self.monitor: SystemMetrics | None = None
+        self.system_metrics = getattr(spec.tracking, "system_metrics", True)
+        self._watch()
 
     @property
     def run_id(self) -> str | None:
@@ -314,6 +388,7 @@ class TrialTracker:
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """All of one epoch's metrics in one call (each call costs tens of ms), once per epoch."""
         self.outbox.send({"call": "metrics", "stamp": _now(), "values": {k: float(v) for k, v in metrics.items()}})
+        self._watch()
 
     def log_figures(self, render: Render, epoch: int, final: bool) -> None:
         """Render the figures into a scratch folder and log them under figures/final or figures/epoch_NNN."""
@@ -330,6 +405,16 @@ class TrialTracker:
                                       pip_requirements=_requirements())
             files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
             self.outbox.send({"call": "model", "folder": str(folder), "files": files})
+
+    def close(self) -> None:
+        """Stop the run's system metrics now (the end of the run or of the process stops them too)."""
+        if self.monitor is not None:
+            self.monitor.stop()
+
+    def _watch(self) -> None:
+        """Start the system metrics once the server has taken every call: the run exists, and it answers."""
+        if self.system_metrics and self.monitor is None and not self.outbox.calls:
+            self.monitor = _watch(self.run_id, self.outbox.client.tracking_uri)
 
 
 class NullStudyTracker:
@@ -375,7 +460,7 @@ def start_study(spec: StudySpec, study_file: Path, storage: str) -> StudyTracker
         return NullStudyTracker()
     check_answers(spec, storage)
     uri = tracking_uri(spec, storage)
-    with _store_lock(uri):
+    with store_lock(uri):
         client = MlflowClient(uri)  # creates a sqlite store's tables
         experiment_id = _experiment(client, spec, storage)
         parent = _parent_run(client, experiment_id, spec)
@@ -437,7 +522,7 @@ def _create_parent_run(client: MlflowClient, experiment_id: str, spec: StudySpec
 
 
 @contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> Iterator[None]:
     """Hold a lock file beside a sqlite store (no-op for other stores) while a driver creates the store, the
     experiment and the parent run: two studies starting at once would both create the store's tables and run
     its migrations, and one would fail."""
