@@ -473,6 +473,12 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], tuple[str, ...]]] = {
                            ("search_gen_state-2026", "damaged (pickle exhausted")),
     "searcher-state-garbage": (lambda f: next(f.glob("searcher-state-*")).write_bytes(b"\xfe\x00garbage"),
                                ("searcher-state-2026", "damaged")),
+    # a study started by another version, whose Tune state names a class this one lacks (protocol 2 and 4 pickles)
+    "tuner-of-another-version": (lambda f: (f / "tuner.pkl").write_bytes(b"\x80\x02cvmistudy.study\nGone\nq\x00."),
+                                 ("tuner.pkl: saved by another version", "vmistudy.study.Gone", "--set name=NEW")),
+    "searcher-of-another-version": (lambda f: next(f.glob("searcher-state-*")).write_bytes(
+        b"\x80\x04\x8c\x0evmistudy.study\x94\x8c\x04Gone\x94\x93\x94."),
+        ("searcher-state-2026", "vmistudy.study.Gone")),
     "no-experiment-state": (lambda f: next(f.glob("experiment_state-*")).unlink(),
                             ("has no experiment_state-*.json", "--set name=NEW")),
     "trial-state-truncated": (lambda f: _truncate(f / STATE),

@@ -11,6 +11,7 @@ Exit status: 0 when every trial ended well, 1 when some trial errored (listed), 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import pickletools
@@ -118,11 +119,41 @@ def _tune_state(path: str, is_json: bool) -> Any:
     try:
         if is_json:
             return json.loads(data)
-        for _ in pickletools.genops(data):
-            pass
+        missing = next((name for name in _pickled_names(data) if not _ours_exists(name)), None)
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, an unknown opcode, no STOP: truncated
         raise InputError(f"{path}: damaged ({str(e)[:100] or 'empty'}); {DAMAGED_STUDY}") from None
+    if missing:
+        raise InputError(f"{path}: saved by another version of vmistudy (it names {missing}, which this one lacks); "
+                         "finish the study with that version, or start afresh with --set name=NEW")
     return None
+
+
+def _pickled_names(data: bytes) -> list[str]:
+    """The `module.name` of every class or function a pickle refers to (GLOBAL and STACK_GLOBAL opcodes)."""
+    names, pushed, memo = [], [None, None], {}  # pushed: strings put on the stack (None: one fetched, not a string)
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name == "GLOBAL":
+            names.append(arg.replace(" ", "."))
+        elif opcode.name == "STACK_GLOBAL" and None not in pushed[-2:]:
+            names.append(".".join(pushed[-2:]))
+        elif opcode.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+            memo[len(memo) if arg is None else arg] = pushed[-1]
+        elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif isinstance(arg, str) and "UNICODE" in opcode.name:
+            pushed.append(arg)
+    return names
+
+
+def _ours_exists(name: str) -> bool:
+    """False for a vmistudy class or function that this version does not have (a pickle could not load it)."""
+    module, _, attribute = name.rpartition(".")
+    if module.split(".")[0] != "vmistudy":
+        return True
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except ImportError:
+        return False
 
 
 def _unfinished_trials(experiment: Any, path: str) -> list[str]:

@@ -388,7 +388,7 @@ def connect(address: str | None, verbose: bool = False) -> None:
     """Join the cluster at `address` (or $RAY_ADDRESS, which `ray job submit` sets), else start a local Ray.
     `verbose`: Ray's log lines and the trials' own output on the console too (the study's view is console.py)."""
     address = address or os.environ.get("RAY_ADDRESS")
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR  # quiet: not even its notes on token authentication
     if address:
         ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
