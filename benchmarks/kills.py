@@ -300,6 +300,7 @@ class Tally:
     duplicated: int = 0
     running: int = 0
     lost: int = 0  # trials lost with a driver that no trial of the resumed study took over (runs ended KILLED)
+    taken_over: int = 0  # trials of the study that went on from a lost trial's folder
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -311,7 +312,7 @@ class Tally:
                 f"restarts from epoch 0:   {self.restarts} (to an earlier epoch than saved: {self.went_back})",
                 f"metric points:           {self.missing} missing, {self.duplicated} duplicated, of {self.points}",
                 f"runs left RUNNING:       {self.running}",
-                f"lost, not taken over:    {self.lost} (their runs ended KILLED)",
+                f"lost, then taken over:   {self.taken_over} (not taken over: {self.lost}, their runs ended KILLED)",
                 f"wall time:               {self.seconds:.0f} s",
                 *(f"failure: {failure}" for failure in self.failures),
                 "PASS" if not self.failures else "FAIL"]
@@ -376,6 +377,7 @@ def check_trials(tally: Tally, experiment: Path) -> dict[str, str]:
         tally.failures.append(f"{len(done)} of {len(status)} trials (planned {tally.planned}) finished: {status}, "
                               f"saved epochs {saved}")
     marked = markers(experiment)
+    tally.taken_over = sum(len(marker["owners"]) > 1 for name, marker in marked.items() if name in status)
     stray = {p.name for p in experiment.glob("replay_trial_*") if p.is_dir()} - set(status)
     tally.lost = len({name for name in stray if marked.get(name, {}).get("ended")})
     stray = {name for name in stray if not marked.get(name, {}).get("ended")}  # a lost trial nobody took over

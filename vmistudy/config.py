@@ -265,6 +265,8 @@ class TrackingSpec(Section):
                                    description="MLflow experiment (names its artifact folder); default the study name")
     figures_every: StrictInt = Field(5, ge=0, description="log the figures every N epochs (0: only at the end)")
     log_model: StrictBool = Field(True, description="log the final model with mlflow.pytorch")
+    system_metrics: StrictBool = Field(True, description="log the trial's machine's system metrics (CPU, memory; GPU "
+                                                         "with nvidia-ml-py) to its run every 10 s")
 
     @model_validator(mode="after")
     def _no_secrets(self) -> TrackingSpec:

@@ -235,7 +235,7 @@ class SystemMetrics(SystemMetricsMonitor):
     MLflow's own loop asks the server for the run's status at every sample, with the client's retries (minutes),
     and warns and stops for good at the first failure. This one logs a point (under system/, at the next step)
     every SYSTEM_METRICS_EVERY s while the run is RUNNING, calls no server this process knows absent (`_may_try`),
-    drops quietly the points a server does not take, and stops when the run ends or its store is gone.
+    drops quietly the points a server (or a busy sqlite store) does not take, and stops when the run ends or is gone.
     """
 
     def __init__(self, run_id: str, uri: str):
@@ -267,7 +267,8 @@ class SystemMetrics(SystemMetricsMonitor):
         except MlflowException as e:
             if e.error_code not in UNANSWERED:
                 return False  # the run or its experiment is gone
-            _failed[uri] = time.monotonic()
+            if not answers(uri, timeout=RETRY_PROBE_SECONDS):  # absent, not busy: the trial's calls need not try
+                _failed[uri] = time.monotonic()
             self._drop()
         return True
 
@@ -374,7 +375,7 @@ class TrialTracker:
         params = {k: str(v)[:PARAM_LIMIT] for k, v in flatten(spec).items()}
         self.outbox.send({"call": "open", "name": trial_name, "tags": tags, "params": params})
         self.monitor: SystemMetrics | None = None
-        self.system_metrics = getattr(spec.tracking, "system_metrics", True)
+        self.system_metrics = spec.tracking.system_metrics
         self._watch()
 
     @property
