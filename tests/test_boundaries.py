@@ -20,11 +20,10 @@ LAYERS = {
     "trainer": CORE, "train": CORE, "evaluate": CORE,
     # the study's on-disk layout and the learning-curve tables: no framework at all
     "layout": CORE | {"torch"}, "replay": CORE | {"torch"},
-    # the MLflow adapter and what reads through it
-    "tracking": READERS, "report": READERS,
+    # the MLflow adapter and what reads through it; Optuna's record of a study (history), whose views it draws
+    "tracking": READERS, "report": READERS - {"optuna"}, "history": READERS - {"optuna"},
     # the Ray Tune side: may use everything
     "study": set(), "run": set(), "console": set(),
-    "history": set(),  # Optuna's record of a study: a Tune callback
 }
 COMMANDS_FIRST = ["train", "evaluate", "report", "figures"]  # few probes load every module
 

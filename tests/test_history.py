@@ -24,7 +24,8 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from conftest import PYTHON, make_spec, write_study
 from ray_support import start, stop_group, wait_for
 from vmistudy import config, history, layout, report, study, tracking
-from vmistudy.history import CONFIGURATION, TRIAL_IDS, OptunaHistory
+from vmistudy.history import CONFIGURATION, TRIAL_IDS
+from vmistudy.study import OptunaHistory
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SPACE = {"mi.lambda_mi": {"loguniform": [1.0, 10.0]}, "train.beta": {"uniform": [1.0, 2.0]},
@@ -198,7 +199,7 @@ def recorded_so_far(spec) -> int:
         return 0
 
 
-DRIVER = ("import sys, ray; from vmistudy import config, study, tracking; from vmistudy.history import OptunaHistory; "
+DRIVER = ("import sys, ray; from vmistudy import config, study, tracking; from vmistudy.study import OptunaHistory; "
           "spec = config.load(sys.argv[1]); ray.init(address='local', num_cpus=2, include_dashboard=False, "
           "_node_ip_address='127.0.0.1'); "
           "study.tuner(spec, tracking.NullStudyTracker(), callbacks=(OptunaHistory(spec),), verbose=0).fit()")

@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from PIL import Image
 
-from . import config, layout, tracking
+from . import config, history, layout, tracking
 from .cli import ArgumentParser, check_writable, command, load_study, quiet
 from .errors import InputError
 
@@ -129,10 +129,10 @@ def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None
     drawn = False
     for ax, key in zip(axes, CURVES):
         for _, run in runs.iterrows():
-            history = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
-            if history:
+            points = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
+            if points:
                 drawn = True
-                ax.plot(*zip(*history), linestyle="--" if run["lambda_mi"] == 0 else "-",
+                ax.plot(*zip(*points), linestyle="--" if run["lambda_mi"] == 0 else "-",
                         # lambda first: matplotlib leaves out labels that start with "_", as trial names do
                         label=f"lambda {run['lambda_mi']:.3g}: {run['tags.mlflow.runName']}")
         ax.set(xlabel="epoch", ylabel=f"{key} (nats, test split)", title=key)
@@ -274,9 +274,7 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
 
 
 def _optuna_section(spec: config.StudySpec, out: Path) -> list[str]:
-    """Optuna's views of the search, drawn from the study's Optuna history (history.OptunaHistory)."""
-    from . import history  # here: it is Tune's side (Ray, Optuna); the report's module stays without them
-
+    """Optuna's views of the search, drawn from the study's Optuna history (study.OptunaHistory)."""
     lines = ["## Optuna's views of the search (one point per configuration: the mean over its seeds)", ""]
     study = history.load(spec)
     if study is None:

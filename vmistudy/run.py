@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         tuner = study.restore(spec, tracker)
     else:
         layout.write_spec(spec)
-        callbacks = (console.Progress(spec), history.OptunaHistory(spec))
+        callbacks = (console.Progress(spec), study.OptunaHistory(spec))
         tuner = study.tuner(spec, tracker, callbacks=callbacks, verbose=1 if args.verbose else 0)
     results = tuner.fit()
     status = _summarize(results, spec)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 import ray
 import torch
 from ray import tune
@@ -32,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from . import data as datasets
-from . import figures, layout, replay
+from . import figures, history, layout, replay
 from .config import SUBSET_PATH, SearchSpec, StudySpec, rung_ranking, validate
 from .layout import experiment_path, read_bytes, storage_path, write_bytes
 from .tracking import NullStudyTracker, StudyTracker, TrialTracker
@@ -270,6 +272,102 @@ class EndTrialRuns(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial.trial_id, _short_name(trial), "FAILED", (trial.last_result or {}).get(RUN_ID))
+
+
+class OptunaHistory(tune.Callback):
+    """Driver side: each configuration whose trials have all ended, once, as a trial of the Optuna history.
+
+    Every event sweeps all of Tune's trials, so a configuration the store could not take (locked, gone) is
+    recorded at a later one, and one that ended in an earlier life of the driver at the first event of this one.
+    """
+
+    def __init__(self, spec: StudySpec):
+        self.spec, self.url = spec, history.storage_url(spec)
+        self.study: optuna.Study | None = None  # opened at setup, after the Tuner pickled this (tuner.pkl)
+        self.recorded: set[tuple[int, str]] = set()  # (configuration number, sampled values) of those in the store
+        self.swept: set[int] = set()  # numbers of the configurations this driver found in the store or put there
+        self.warned = False
+
+    def setup(self, **info):
+        if self.url is None:
+            print(f"note: search.storage {self.spec.search.storage} is a URI: no Optuna history is kept (it is a "
+                  "sqlite file beside a local storage)", file=sys.stderr, flush=True)
+        self._sweep([])  # creates the study: the dashboard shows it from the start
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._sweep(trials, trial)  # Tune marks the trial TERMINATED after its callbacks
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._sweep(trials, trial)
+
+    def _sweep(self, trials: list, ending=None) -> None:
+        if self.url is None:
+            return
+        try:
+            study = self._open()
+            for number, group in self._ended(trials, ending).items():
+                key = (number, history.values_key(_sampled(group[0].config)))
+                if key not in self.recorded:
+                    study.add_trial(self._frozen(number, group))
+                    self.recorded.add(key)
+                self.swept.add(number)
+        except history.STORE_ERRORS as e:  # the history must not fail a trial (Tune errors the trial a callback raises on)
+            if not self.warned:
+                self.warned = True
+                print(f"warning: the Optuna history at {self.url} cannot be written ({type(e).__name__}: {e}); "
+                      "the study goes on, and its configurations are recorded once it can be",
+                      file=sys.stderr, flush=True)
+
+    def _open(self) -> optuna.Study:
+        if self.study is None:
+            self.study, self.recorded = history.open_study(self.spec, self.url)
+        return self.study
+
+    def _ended(self, trials: list, ending) -> dict[int, list]:
+        """The configurations not swept yet whose trials have all ended, by number, each a list of its trials by
+        TRIAL_INDEX."""
+        size = trials_per_configuration(self.spec.search)
+        groups: dict[int, list] = {}
+        for trial in trials:
+            groups.setdefault(_number(trial) // size, []).append(trial)
+        return {number: sorted(group, key=lambda t: t.config.get(TRIAL_INDEX, 0))
+                for number, group in groups.items() if number not in self.swept and len(group) == size
+                and all(t is ending or t.status in ("TERMINATED", "ERROR") for t in group)}
+
+    def _frozen(self, number: int, group: list) -> FrozenTrial:
+        search = self.spec.search
+        finals = {t.trial_id: _final(t, search.metric) for t in group}
+        values = [finals[t.trial_id] for t in group if not is_twin(t.config, search)]
+        scored = [v for v in values if v is not None]
+        params = _sampled(group[0].config)
+        attrs = {history.CONFIGURATION: number, history.TRIAL_IDS: [t.trial_id for t in group], "values": values,
+                 "epochs": [(t.last_result or {}).get("epoch") for t in group]}
+        if search.paired_baseline:
+            attrs["twin_values"] = [finals[t.trial_id] for t in group if is_twin(t.config, search)]
+        distributions = {k: history.distribution(search.space[k]) for k in params}
+        if not scored:  # no replicate reported (all errored): the searcher is told NaN, a failed trial
+            return optuna.trial.create_trial(state=TrialState.FAIL, params=params, distributions=distributions,
+                                             user_attrs=attrs)
+        return optuna.trial.create_trial(value=sum(scored) / len(scored), params=params, distributions=distributions,
+                                         user_attrs=attrs)
+
+
+def _number(trial) -> int:
+    """The trial's number, from 0, in the order Tune created the trials: its experiment tag's prefix, kept across
+    --resume; a lost trial created again (study.ContinueTrials) has its number again. Tune's list of restored
+    trials is in no such order."""
+    return int(trial.experiment_tag.split("_", 1)[0]) - 1
+
+
+def _sampled(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != TRIAL_INDEX}
+
+
+def _final(trial, metric: str) -> float | None:
+    """The metric of the trial's last report, as Tune tells the searcher; None where it tells none (an errored
+    trial, one that never reported) and for NaN, which JSON user attrs cannot hold."""
+    value = None if trial.status == "ERROR" else (trial.last_result or {}).get(metric)
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 class ContinueTrials(tune.Callback):
