@@ -211,7 +211,8 @@ def live(study: Study, resume: bool, kill: Kill | None, last_start: float | None
     procs: list[psutil.Process] = []
     try:
         with open(life.log, "rb") as log:
-            while not _exited(driver) and not _due(life, kill, last_start, saved_epochs(experiment, by_origin=True), before, log):
+            while not (_exited(driver) or
+                       _due(life, kill, last_start, saved_epochs(experiment, by_origin=True), before, log)):
                 if time.time() - life.began > LIFE_LIMIT:
                     raise RuntimeError(f"the driver ran {LIFE_LIMIT} s; see {life.log}")
                 time.sleep(POLL)

@@ -15,10 +15,10 @@ import time
 from ray import tune
 
 from .config import StudySpec
+from .report import t_half_width
 from .study import is_twin
 
 STATUS_EVERY = 30.0  # s between status lines while no trial ends
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # Student t, 95%, by dof
 SHOWN = ("mi_lower_bound", "accuracy_hungarian")  # beside the study's metric, in the comparison
 
 
@@ -81,8 +81,9 @@ class Progress(tune.Callback):
         self.first_done = done if self.first_done is None else self.first_done
         pace = (done - self.first_done) / (now - self.began)  # epochs a second in this life
         eta = f", at most {_duration(left / pace)} left" if pace > 0 and left > 0 else ""
-        _print(f"[{_duration(now - self.began)}] {len(ended)}/{self.total} trials ended, "
-               f"{sum(t.status == 'RUNNING' and t is not ending for t in trials)} running, {done} epochs done{eta}{self._best(ended)}")
+        running = sum(t.status == "RUNNING" and t is not ending for t in trials)
+        _print(f"[{_duration(now - self.began)}] {len(ended)}/{self.total} trials ended, {running} running, "
+               f"{done} epochs done{eta}{self._best(ended)}")
 
     def _best(self, ended) -> str:
         search = self.spec.search
@@ -139,9 +140,7 @@ def _interval(values: list, signed: bool = False) -> str:
     mean = statistics.fmean(values)
     text = f"{mean:+.3g}" if signed else f"{mean:.3g}"
     if len(values) > 1:
-        dof = len(values) - 1
-        t = T95.get(dof, 1.96 + 2.5 / dof)  # past the table: within 1% of Student's t
-        text += f" +- {t * statistics.stdev(values) / math.sqrt(len(values)):.2g}"
+        text += f" +- {t_half_width(values):.2g}"
     return text
 
 

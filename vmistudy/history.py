@@ -83,7 +83,8 @@ def open_study(spec: StudySpec, url: str) -> tuple[optuna.Study, set[tuple[int, 
 
 
 def values_key(params: dict) -> str:
-    """A configuration's sampled values as text, to tell configurations of one number apart."""
+    """A configuration's values as text (sorted JSON), to compare configurations: those of one number here, a
+    lost trial's and a new one's in study.ContinueTrials."""
     return json.dumps(params, sort_keys=True, default=str)
 
 

@@ -80,10 +80,14 @@ def _mean_ci(values: pd.Series) -> str:
     values = values.dropna()
     if len(values) < 2:
         return f"{values.mean():.4f} (n={len(values)})"
-    from scipy import stats  # here: importing it costs a second, and only pairs over seeds need it
+    return f"{values.mean():.4f} +- {t_half_width(values.tolist()):.4f} (n={len(values)})"
 
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return f"{values.mean():.4f} +- {half:.4f} (n={len(values)})"
+
+def t_half_width(values: list[float]) -> float:
+    """Half the width of the 95% Student t interval of the mean of `values` (two or more)."""
+    from scipy import stats  # here: importing it costs a second, and only intervals over seeds need it
+
+    return float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def _summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

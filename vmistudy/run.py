@@ -201,7 +201,9 @@ def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
 
 
 def _optuna_line(spec: config.StudySpec) -> str:
-    return f"  optuna:  {history.dashboard_command(spec)}  (the search's history)\n" if history.storage_url(spec) else ""
+    if history.storage_url(spec) is None:
+        return ""
+    return f"  optuna:  {history.dashboard_command(spec)}  (the search's history)\n"
 
 
 def _summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:

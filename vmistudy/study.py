@@ -311,7 +311,7 @@ class OptunaHistory(tune.Callback):
                     study.add_trial(self._frozen(number, group))
                     self.recorded.add(key)
                 self.swept.add(number)
-        except history.STORE_ERRORS as e:  # the history must not fail a trial (Tune errors the trial a callback raises on)
+        except history.STORE_ERRORS as e:  # must not fail a trial: Tune errors the trial a callback raises on
             if not self.warned:
                 self.warned = True
                 print(f"warning: the Optuna history at {self.url} cannot be written ({type(e).__name__}: {e}); "
@@ -400,7 +400,7 @@ class ContinueTrials(tune.Callback):
         self._keep_logs(trial)
 
     def _first_start(self, trial, name: str) -> None:
-        config = json.dumps(trial.config, sort_keys=True, default=str)
+        config = history.values_key(trial.config)  # its replicate index included
         lost = next((folder for folder, marker in self.lost.items() if marker["config"] == config), None)
         owners = self.lost.pop(lost)["owners"] if lost else []
         if lost:
@@ -410,7 +410,6 @@ class ContinueTrials(tune.Callback):
     def _keep_logs(self, trial) -> None:
         """Put the trial's stored logs, less its last epoch's rows, in its local folder and in storage (whence Tune
         copies them itself when the trial has a Tune checkpoint)."""
-        epochs = trial_spec(self.spec, trial.config).train.epochs
         for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
             local = Path(trial.local_path, name)
             if local.exists():  # the same driver restarting a trial: the logs are already here
@@ -419,6 +418,7 @@ class ContinueTrials(tune.Callback):
             text = (read_bytes(stored) or b"").decode()
             if not text:  # a trial's first start: nothing stored yet
                 continue
+            epochs = trial_spec(self.spec, trial.config).train.epochs
             kept = _without_epoch(text, epochs, name == EXPR_RESULT_FILE)
             if kept != text:
                 write_bytes(stored, kept.encode())
