@@ -20,8 +20,9 @@ LAYERS = {
     "trainer": CORE, "train": CORE, "evaluate": CORE,
     # the study's on-disk layout and the learning-curve tables: no framework at all
     "layout": CORE | {"torch"}, "replay": CORE | {"torch"},
-    # the MLflow adapter and what reads through it; Optuna's record of a study (history), whose views it draws
-    "tracking": READERS, "report": READERS - {"optuna"}, "history": READERS - {"optuna"},
+    # the MLflow adapter and what reads through it; Optuna's record of a study (history), whose views the
+    # report draws in a process of its own while it reads MLflow: history needs no MLflow
+    "tracking": READERS, "report": READERS - {"optuna"}, "history": {"ray", "torch", "mlflow"},
     # the Ray Tune side: may use everything
     "study": set(), "run": set(), "console": set(),
 }

@@ -25,7 +25,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import layout
 from .config import ParamSpec, StudySpec
-from .tracking import store_lock
 
 # user attrs: the configuration's number in the order sampled (Replicates made its trials one after another, so
 # Tune numbered them together), and its trials' Tune ids (their MLflow runs' tracking.TRIAL_TAG), by TRIAL_INDEX
@@ -71,7 +70,7 @@ def load(spec: StudySpec) -> optuna.Study | None:
 def open_study(spec: StudySpec, url: str) -> tuple[optuna.Study, set[tuple[int, str]]]:
     """The study's Optuna history in the store at `url`, created if new, and the (configuration number, sampled
     values) of the configurations it holds."""
-    with store_lock(url):  # two drivers creating one sqlite store's tables at once: one fails
+    with layout.store_lock(url):  # two drivers creating one sqlite store's tables at once: one fails
         study = optuna.create_study(storage=url, study_name=spec.name, load_if_exists=True,
                                     direction="maximize" if spec.search.mode == "max" else "minimize")
     with warnings.catch_warnings():

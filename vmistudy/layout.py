@@ -5,10 +5,13 @@ the run command, the Tune adapter and the report all take the layout from one pl
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.fs
 
@@ -123,3 +126,18 @@ def read_bytes(path: str) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold a lock file beside a sqlite store (no-op for other stores) while a driver creates the store, the
+    experiment and the parent run: two studies starting at once would both create the store's tables and run
+    its migrations, and one would fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0] + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield

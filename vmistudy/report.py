@@ -10,8 +10,11 @@ to the study's parent run.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
+import threading
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -20,7 +23,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from PIL import Image
 
-from . import config, history, layout, tracking
+from . import config, layout, tracking
 from .cli import ArgumentParser, check_writable, command, load_study, quiet
 from .errors import InputError
 
@@ -85,9 +88,9 @@ def _mean_ci(values: pd.Series) -> str:
 
 def t_half_width(values: list[float]) -> float:
     """Half the width of the 95% Student t interval of the mean of `values` (two or more)."""
-    from scipy import stats  # here: importing it costs a second, and only intervals over seeds need it
+    from scipy.special import stdtrit  # the t quantile; here, since scipy costs half a second to import
 
-    return float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return float(stdtrit(len(values) - 1, 0.975) * np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def _summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -182,23 +185,38 @@ def _first_row(grid: Path, folder: Path) -> Path:
 
 def write(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> Path:
     """Print the best trials, write out/report.md with its figures, and log the folder to the study's run."""
-    runs = _trial_runs(tracker)
-    metric = spec.search.metric
-    best = _best_trials(runs, metric, spec.search.mode)
-    print(best.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     out.mkdir(parents=True, exist_ok=True)
-    paired = _pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_encoder",
-                                       "frozen_mi_lower_bound_prior") if f"metrics.{m}" in runs])
-    ranked = runs.loc[best.index]  # best first
-    lines = [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
-             "", "## Best trials", "", _markdown(best.head(10)), "",
-             *_summary_section(runs, metric, spec.search.mode), *_pairs_section(paired),
-             *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out),
-             *_optuna_section(spec, out)]
+    with _other_process() as other:
+        views = other.submit(_optuna_section, spec, out)  # Optuna's views on another core while MLflow is read
+        lines = _mlflow_sections(spec, tracker, out) + views.result()
     report = out / "report.md"
     report.write_text("\n".join(lines))
     tracker.client.log_artifacts(tracker.parent_run_id, str(out), "report")
     return report
+
+
+def _other_process() -> Executor:
+    """One worker, forked: it starts in milliseconds with this process' imports (a spawned one would import
+    the report's frameworks again, for seconds). Forking is safe only without other threads (one could hold a
+    lock the child then waits on forever): with them, as where a caller runs Ray, a thread does it."""
+    if threading.active_count() > 1:
+        return ThreadPoolExecutor(1)
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+
+
+def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> list[str]:
+    """The report's parts read from the trials' MLflow runs; prints the best trials."""
+    runs = _trial_runs(tracker)
+    metric = spec.search.metric
+    best = _best_trials(runs, metric, spec.search.mode)
+    print(best.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    paired = _pairs(runs, [m for m in ("accuracy_hungarian", "mi_lower_bound", "frozen_mi_lower_bound_encoder",
+                                       "frozen_mi_lower_bound_prior") if f"metrics.{m}" in runs])
+    ranked = runs.loc[best.index]  # best first
+    return [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
+            "", "## Best trials", "", _markdown(best.head(10)), "",
+            *_summary_section(runs, metric, spec.search.mode), *_pairs_section(paired),
+            *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out)]
 
 
 def _best_trials(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -279,6 +297,8 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
 
 def _optuna_section(spec: config.StudySpec, out: Path) -> list[str]:
     """Optuna's views of the search, drawn from the study's Optuna history (study.OptunaHistory)."""
+    from . import history  # here, in the other process: Optuna and matplotlib import while MLflow is read
+
     lines = ["## Optuna's views of the search (one point per configuration: the mean over its seeds)", ""]
     study = history.load(spec)
     if study is None:

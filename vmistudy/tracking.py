@@ -23,7 +23,6 @@ of those is dropped, not kept.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
 import json
 import logging
@@ -46,7 +45,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from .config import StudySpec, flatten
 from .errors import InputError
-from .layout import experiment_path, read_bytes, write_bytes
+from .layout import experiment_path, read_bytes, store_lock, write_bytes
 
 STUDY_TAG, TRIAL_TAG, ROLE_TAG = "vmistudy.study", "vmistudy.trial_id", "vmistudy.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -520,21 +519,6 @@ def _create_parent_run(client: MlflowClient, experiment_id: str, spec: StudySpec
     client.log_batch(run_id, params=_params({**base, **settings, **space}))
     client.log_artifact(run_id, str(study_file))
     return run_id
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold a lock file beside a sqlite store (no-op for other stores) while a driver creates the store, the
-    experiment and the parent run: two studies starting at once would both create the store's tables and run
-    its migrations, and one would fail."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(uri.removeprefix("sqlite:///").split("?")[0] + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 def _may_try(uri: str, force: bool) -> bool:
