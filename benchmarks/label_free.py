@@ -1,0 +1,109 @@
+"""Choosing without labels, measured on a learning-curve table: restarts and configurations.
+
+    python -m benchmarks.label_free [--table benchmarks/curves/curves.csv.gz] [--metric accuracy_hungarian]
+
+Two questions of Results II, answered from every configuration's final epoch at each of the table's seeds:
+
+  restarts        Train a configuration at every seed and keep the run a label-free score prefers (the
+                  categorical MI bound; the ELBO). Against the mean seed, what does it gain, and how much of
+                  the seed lottery (the best seed, chosen with labels) does it recover? Paired per
+                  configuration: mean difference +- 95% t interval, lambda_mi > 0 and = 0 apart.
+  configurations  The configuration a label-free score picks (its mean over seeds, among lambda_mi > 0)
+                  against the one the labels pick: the gap in the metric. Goal: within 2 points.
+
+The table's runs are short (benchmarks.curves: MNIST subset, 15 epochs, mlp), so this measures the rule on
+that regime; it costs seconds and trains nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vmistudy import replay
+from vmistudy.cli import ArgumentParser, command
+from vmistudy.errors import InputError
+from vmistudy.report import t_half_width
+
+TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "curves.csv.gz"
+SCORES = {"mi_lower_bound_categorical": "the categorical MI bound", "elbo": "the ELBO"}  # higher is better
+GOAL = 0.02  # the label-free pick within 2 points of the labelled one
+
+
+def finals(table: replay.CurveTable, metric: str) -> dict[tuple, dict[str, np.ndarray]]:
+    """Per configuration point: the metric and each label-free score at the last epoch, one entry per seed."""
+    names = [metric, *SCORES]
+    return {point: {n: np.array([table.curves[point][s][-1][n] for s in table.seeds]) for n in names}
+            for point in table.points}
+
+
+def restarts(runs: dict[tuple, dict[str, np.ndarray]], metric: str) -> dict[str, np.ndarray]:
+    """Per configuration, the metric of the seed each score keeps, and of the best seed, minus the mean seed's."""
+    gains = {score: [] for score in [*SCORES, "best seed (labels)"]}
+    for values in runs.values():
+        mean = values[metric].mean()
+        for score in SCORES:
+            gains[score].append(values[metric][values[score].argmax()] - mean)
+        gains["best seed (labels)"].append(values[metric].max() - mean)
+    return {k: np.array(v) for k, v in gains.items()}
+
+
+def interval(values: np.ndarray) -> str:
+    return f"{100 * values.mean():+.2f} +- {100 * t_half_width(values.tolist()):.2f} points"
+
+
+def print_restarts(table: replay.CurveTable, runs: dict, metric: str) -> None:
+    lam = table.fields.index("mi.lambda_mi") if "mi.lambda_mi" in table.fields else None
+    print(f"restarts: keep 1 of {len(table.seeds)} seeds by a label-free score; {metric} against the mean seed")
+    for name, keep in (("lambda_mi > 0", lambda p: p[lam] > 0), ("lambda_mi = 0", lambda p: p[lam] == 0)):
+        chosen = {p: v for p, v in runs.items() if lam is None or keep(p)}
+        if len(chosen) < 2:
+            continue
+        gains = restarts(chosen, metric)
+        print(f"  {name} ({len(chosen)} configurations):")
+        for score, gain in gains.items():
+            print(f"    {SCORES.get(score, score):<28s}{interval(gain)}; better than the mean seed in "
+                  f"{(gain > 0).mean():.0%}")
+
+
+def print_picks(table: replay.CurveTable, runs: dict, metric: str) -> None:
+    lam = table.fields.index("mi.lambda_mi") if "mi.lambda_mi" in table.fields else None
+    candidates = {p: v for p, v in runs.items() if lam is None or p[lam] > 0} or runs
+    means = {p: {k: v.mean() for k, v in values.items()} for p, values in candidates.items()}
+    labelled = max(means, key=lambda p: means[p][metric])
+    print(f"configurations: the labels pick {describe(table, labelled)}: {metric} {means[labelled][metric]:.4f}")
+    for score, name in SCORES.items():
+        pick = max(means, key=lambda p: means[p][score])
+        gap = means[labelled][metric] - means[pick][metric]
+        print(f"  {name} picks {describe(table, pick)}: {metric} {means[pick][metric]:.4f}, "
+              f"{100 * gap:.1f} points below (goal {100 * GOAL:.0f}: {'met' if gap <= GOAL else 'not met'})")
+
+
+def describe(table: replay.CurveTable, point: tuple) -> str:
+    return " ".join(f"{f.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{f.split('.')[-1]}={v}"
+                    for f, v in zip(table.fields, point))
+
+
+@command
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m benchmarks.label_free", description=__doc__.split("\n\n")[0],
+                            examples=["python -m benchmarks.label_free",
+                                      "python -m benchmarks.label_free --metric nmi"])
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--metric", default="accuracy_hungarian", help="what the labels score (default %(default)s)")
+    args = parser.parse_args(argv)
+    if not args.table.is_file():
+        raise InputError(f"--table {args.table}: no such file; write it with python -m benchmarks.curves")
+    table = replay.read(str(args.table.resolve()))
+    missing = [m for m in (args.metric, *SCORES) if m not in table.metrics]
+    if missing:
+        raise InputError(f"--metric: the table has no {missing[0]} column (it has {', '.join(table.metrics)})")
+    if len(table.seeds) < 2:
+        raise InputError(f"--table {args.table}: one seed per configuration; restarts need two or more")
+    runs = finals(table, args.metric)
+    print_restarts(table, runs, args.metric)
+    print_picks(table, runs, args.metric)
+
+
+if __name__ == "__main__":
+    main()

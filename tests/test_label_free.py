@@ -1,0 +1,63 @@
+"""benchmarks.label_free on constructed tables whose answers are known."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmarks import label_free
+from vmistudy import replay
+
+
+def table(rows: dict[tuple[float, float], list[tuple[float, float, float]]]) -> pd.DataFrame:
+    """(lambda_mi, cap) -> per seed (accuracy, MI bound, ELBO) at the last of two epochs."""
+    records = []
+    for (lam, cap), seeds in rows.items():
+        for seed, (accuracy, mi, elbo) in enumerate(seeds):
+            for epoch in (1, 2):
+                last = epoch == 2  # only the final epoch counts: earlier ones carry decoys
+                records.append({"mi.lambda_mi": lam, "train.capacity.gaussian.cap": cap, "seed": seed, "epoch": epoch,
+                                "accuracy_hungarian": accuracy if last else 0.99,
+                                "mi_lower_bound_categorical": mi if last else -mi, "elbo": elbo})
+    return pd.DataFrame.from_records(records)
+
+
+ROWS = {(1.0, 2.0): [(0.50, 1.0, -100), (0.60, 2.0, -110), (0.40, 0.5, -90)],   # MI keeps 0.60, ELBO 0.40
+        (3.0, 2.0): [(0.45, 2.2, -120), (0.45, 2.1, -121), (0.45, 2.0, -119)],  # highest MI, lower accuracy
+        (0.0, 2.0): [(0.30, 0.0, -80), (0.20, 0.1, -85), (0.40, 0.0, -95)]}
+
+
+def test_restarts_keep_the_seed_each_score_prefers_and_compare_it_with_the_mean_seed():
+    curves = replay.CurveTable(table(ROWS))
+    gains = label_free.restarts(label_free.finals(curves, "accuracy_hungarian"), "accuracy_hungarian")
+    assert gains["mi_lower_bound_categorical"] == pytest.approx([0.10, 0.0, 0.20 - 0.30])
+    assert gains["elbo"] == pytest.approx([-0.10, 0.0, 0.30 - 0.30])
+    assert gains["best seed (labels)"] == pytest.approx([0.10, 0.0, 0.10])
+
+
+def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misses(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    table(ROWS).to_csv(path, index=False)
+    label_free.main(["--table", str(path)])
+    out = capsys.readouterr().out
+    assert "lambda_mi > 0 (2 configurations)" in out and "lambda_mi = 0" not in out  # one twin: no interval
+    assert "the labels pick lambda_mi=1 cap=2: accuracy_hungarian 0.5000" in out
+    assert "the categorical MI bound picks lambda_mi=3 cap=2: accuracy_hungarian 0.4500, 5.0 points below " \
+           "(goal 2: not met)" in out
+    assert "the ELBO picks lambda_mi=1 cap=2: accuracy_hungarian 0.5000, 0.0 points below (goal 2: met)" in out
+
+
+@pytest.mark.parametrize("args, field", [(["--metric", "purity"], "--metric"), (["--table", "nowhere.csv"], "--table")])
+def test_bad_arguments_are_one_line_and_exit_2(args, field, capsys):
+    with pytest.raises(SystemExit) as exited:
+        label_free.main(args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {field}")
+
+
+def test_one_seed_per_configuration_is_refused(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    table({k: v[:1] for k, v in ROWS.items()}).to_csv(path, index=False)
+    with pytest.raises(SystemExit) as exited:
+        label_free.main(["--table", str(path)])
+    assert exited.value.code == 2 and "restarts need two or more" in capsys.readouterr().err
