@@ -16,6 +16,7 @@ import io
 import json
 import pickletools
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     if spec.replay.table:
         replay.read(spec.replay.table).check(spec)
     check_start(spec, args.resume)
-    tracker = tracking.start_study(spec, Path(args.study), layout.storage_path(spec))
-    study.connect(args.address, args.verbose)
+    tracker = _start(spec, Path(args.study), args)
     if not args.verbose:
         console.quiet_tune()
     if args.resume:
@@ -76,6 +76,18 @@ def main(argv: list[str] | None = None) -> None:
           f"  {tracker.describe(spec)}\n{_optuna_line(spec)}  results: {layout.experiment_path(spec)}\n"
           f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
     sys.exit(status)
+
+
+def _start(spec: config.StudySpec, study_file: Path,
+           args: argparse.Namespace) -> tracking.StudyTracker | tracking.NullStudyTracker:
+    """Start Ray and the study's MLflow runs at once: a new sqlite store's migrations take seconds, as does
+    Ray's start. A tracking server that does not answer is refused first, before Ray starts."""
+    storage = layout.storage_path(spec)
+    tracking.check_answers(spec, storage)
+    with ThreadPoolExecutor(1) as other:
+        started = other.submit(tracking.start_study, spec, study_file, storage)
+        study.connect(args.address, args.verbose)
+        return started.result()
 
 
 def check_start(spec: config.StudySpec, resume: bool) -> None:
