@@ -9,6 +9,10 @@ Gaussian(16) + categorical(10) latent, MI target = the categorical code), on the
                  (conv backbone, contiguous memory format), so the ratio isolates the loop design.
   vmistudy-conv  `Trainer.train_step` on batches indexed from the in-memory uint8 tensors, as
   vmistudy-mlp   `Trainer.train_epoch` draws them: one VAE forward per batch (channels_last for conv).
+  solo-mlp-x6    six mlp models trained one after another by solo Trainers, a step of each in turn: 3 seeds,
+                 each at lambda_mi = 1 and beside its lambda_mi = 0 twin, as a study's configuration trains them;
+  bundle-mlp-x6  the same six as one trial bundle (`vmistudy.bundle`): one vectorized step for all six. Its
+                 goal is 2x the images/s of solo-mlp-x6 on the same cores.
 
 The Trainer's Adam is torch's fused one (the same algorithm, up to rounding) where the baseline keeps the
 default, as the reference code does; it counts in the ratio, as channels_last does.
@@ -34,6 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vmistudy import config, data as datasets
+from vmistudy.bundle import Bundle
 from vmistudy.cli import ArgumentParser, command
 from vmistudy.config import StudySpec
 from vmistudy.errors import InputError
@@ -43,15 +48,22 @@ from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
 BATCH = 128
 TARGETS = {"vmistudy-conv": 2.0, "vmistudy-mlp": 10.0}  # minimum ratio to baseline-conv
+BUNDLE_GOAL = 2.0  # minimum ratio of bundle-mlp-x6 to solo-mlp-x6
+MEMBERS = [(seed, lambda_mi) for seed in range(3) for lambda_mi in (1.0, 0.0)]  # 3 seeds, each beside its twin
 
 
-def study(root: str | None, backbone: str, threads: int) -> StudySpec:
+def study(root: str | None, backbone: str, threads: int, seed: int = 0, lambda_mi: float = 1.0) -> StudySpec:
     return config.validate({
         "data": {"name": "mnist", "root": root},
         "model": {"backbone": backbone, "gaussian_dims": 16, "categories": 10},
-        "train": {"batch_size": BATCH, "device": "cpu", "threads": threads},
-        "mi": {"lambda_mi": 1.0, "categorical": True},
+        "train": {"batch_size": BATCH, "device": "cpu", "threads": threads, "seed": seed},
+        "mi": {"lambda_mi": lambda_mi, "categorical": True},
     }, source="--data")
+
+
+def members(root: str | None, threads: int) -> list[StudySpec]:
+    """The six mlp models of solo-mlp-x6 and bundle-mlp-x6."""
+    return [study(root, "mlp", threads, seed, lambda_mi) for seed, lambda_mi in MEMBERS]
 
 
 def project_steps(spec: StudySpec, data: datasets.ImageData) -> Iterator[int]:
@@ -66,6 +78,25 @@ def project_steps(spec: StudySpec, data: datasets.ImageData) -> Iterator[int]:
             x = trainer.images(images[index.to(trainer.device)])
             totals += trainer.train_step(x) * len(index)
             yield len(index)
+
+
+def solo_steps(specs: list[StudySpec], data: datasets.ImageData) -> Iterator[int]:
+    """Each spec's `project_steps` in turn, one step of each per step; yields the images of all."""
+    runs = [project_steps(spec, data) for spec in specs]
+    while True:
+        yield sum(next(steps) for steps in runs)
+
+
+def bundle_steps(specs: list[StudySpec], data: datasets.ImageData) -> Iterator[int]:
+    """The body of `Bundle.train_epoch`, epoch after epoch; yields the images of each step, all members'."""
+    bundle = Bundle.fresh([spec.recipe for spec in specs], data)
+    images = bundle.members[0].data.train_images
+    while True:
+        orders = [datasets.batch_indices(len(images), specs[0].train.batch_size, t.data_rng) for t in bundle.members]
+        for index in zip(*orders):
+            index = torch.stack(index)
+            bundle.train_step(datasets.as_float(images[index]))
+            yield index.numel()
 
 
 def baseline_steps(spec: StudySpec) -> Iterator[int]:
@@ -192,9 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: {shlex.join([sys.executable, '-m', 'benchmarks.throughput', *sys.argv[1:]])}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, {args.warmup:g} s warm-up "
           f"then {args.seconds:g} s timed per configuration in {rounds} interleaved rounds", flush=True)
+    six = members(args.data, args.threads)
     runs = {"baseline-conv": baseline_steps(specs["conv"]),
             "vmistudy-conv": project_steps(specs["conv"], data),
-            "vmistudy-mlp": project_steps(specs["mlp"], data)}
+            "vmistudy-mlp": project_steps(specs["mlp"], data),
+            "solo-mlp-x6": solo_steps(six, data),
+            "bundle-mlp-x6": bundle_steps(six, data)}
     flops = {name: flops_per_image(steps) for name, steps in runs.items()}
     results = measure(runs, args.seconds, args.warmup, rounds)
     peak = matmul_gflops()
@@ -216,6 +250,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nThe baseline does {work:.2f}x the FLOPs of vmistudy-conv per image (one more VAE forward). The "
           f"{target:g}x target needs vmistudy-conv at {needed:.1f} GFLOP/s: {100 * needed / peak:.0f}% "
           f"of the best float32 matmul on this CPU ({peak:.1f} GFLOP/s, 1024 x 1024).")
+    bundled = rate["bundle-mlp-x6"] / rate["solo-mlp-x6"]
+    best = {name: max(i / t for i, t in results[name]) for name in ("bundle-mlp-x6", "solo-mlp-x6")}
+    # the bundle removes per-step work (Python, dispatch, small kernels), not FLOPs: were its matmuls at the
+    # 1024 x 1024 rate and the rest free, it would reach `ceiling` times the solo rate (of its best round)
+    ceiling = peak / (best["solo-mlp-x6"] * flops["bundle-mlp-x6"] / 1e9)
+    print(f"\nbundle-mlp-x6 vs solo-mlp-x6 (the same six models, one vectorized step against six): {bundled:.2f}x; "
+          f"goal {BUNDLE_GOAL:g}x: {'met' if bundled >= BUNDLE_GOAL else 'not met'} (their best rounds, the nearest "
+          f"to a quiet machine: {best['bundle-mlp-x6'] / best['solo-mlp-x6']:.2f}x). It does "
+          f"{flops['bundle-mlp-x6'] / flops['solo-mlp-x6']:.2f}x their FLOPs per image; with nothing but its "
+          f"matmuls, at {peak:.1f} GFLOP/s, it would reach {ceiling:.1f}x.")
     stall_after = cpu_stall_seconds()
     if stall_before is not None and stall_after is not None:
         stalled = (stall_after - stall_before) / (time.perf_counter() - start)

@@ -1,11 +1,13 @@
-"""The throughput benchmark compares what it says it compares: the baseline does one more VAE forward per batch."""
+"""The throughput benchmark compares what it says it compares: the baseline does one more VAE forward per batch,
+and the bundle does its members' work, no more."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.throughput import baseline_steps, flops_per_image, project_steps, study
+from benchmarks.throughput import (baseline_steps, bundle_steps, flops_per_image, members, project_steps, solo_steps,
+                                   study)
 from vmistudy import data as datasets
 from vmistudy.trainer import build_vae
 
@@ -24,3 +26,12 @@ def test_the_baseline_differs_by_one_vae_forward(mnist_root, backbone):
     forward = counter.get_total_flops() / len(x)
     assert forward > 0
     assert baseline - project == pytest.approx(forward)
+
+
+def test_the_bundle_does_its_members_work(mnist_root):
+    six = members(str(mnist_root), threads=2)
+    data = datasets.load(six[0].data)
+    with_mi, twin = (flops_per_image(project_steps(spec, data)) for spec in six[:2])
+    assert six[1].mi.lambda_mi == 0 and twin < with_mi  # a twin skips the MI term's forward and backward
+    assert flops_per_image(solo_steps(six, data)) == pytest.approx((with_mi + twin) / 2)
+    assert flops_per_image(bundle_steps(six, data)) == pytest.approx((with_mi + twin) / 2)  # in the bundle too

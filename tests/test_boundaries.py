@@ -17,7 +17,7 @@ LAYERS = {
     # the core, and the commands built on it alone
     "errors": CORE | {"torch", "pyarrow"}, "config": CORE | {"torch"}, "cli": CORE | {"torch"},
     "data": CORE, "latents": CORE, "networks": CORE, "objective": CORE, "metrics": CORE, "figures": CORE,
-    "trainer": CORE, "train": CORE, "evaluate": CORE,
+    "trainer": CORE, "bundle": CORE, "train": CORE, "evaluate": CORE,
     # the study's on-disk layout and the learning-curve tables: no framework at all
     "layout": CORE | {"torch"}, "replay": CORE | {"torch"},
     # the MLflow adapter and what reads through it; Optuna's record of a study (history), whose views the

@@ -44,8 +44,8 @@ def load(spec: DataSpec) -> ImageData:
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float 0..1, the Bernoulli likelihood's domain."""
-    return images.float().div_(255)
+    """uint8 0..255 -> float 0..1 in torch's default float type (float32 unless set): the Bernoulli domain."""
+    return images.to(torch.get_default_dtype()).div_(255)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

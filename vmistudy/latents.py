@@ -14,6 +14,18 @@ import torch.nn.functional as F
 LOG_2PI = math.log(2 * math.pi)
 
 
+def gaussian_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+                   device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """eps ~ N(0, I), the draw `DiagonalGaussian.rsample` scales and shifts."""
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """g ~ Gumbel(0, 1), the draw `GumbelSoftmax.rsample` adds to log pi: -log E with E ~ Exp(1)."""
+    return -torch.empty(shape, device=device, dtype=dtype).exponential_(generator=generator).log()
+
+
 class DiagonalGaussian:
     """N(mean, diag(exp(log_var)))."""
 
@@ -26,8 +38,10 @@ class DiagonalGaussian:
         mean, log_var = params.chunk(2, dim=-1)
         return cls(mean, log_var)
 
-    def rsample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def rsample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """mean + std * eps; eps drawn on `generator`, or given (`gaussian_noise` drawn ahead, outside a vmap)."""
+        if noise is None:
+            noise = gaussian_noise(self.mean.shape, generator, self.mean.device, self.mean.dtype)
         return self.mean + noise * (0.5 * self.log_var).exp()
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -115,10 +129,13 @@ class GumbelSoftmax:
     def categories(self) -> int:
         return self.log_probs.shape[-1]
 
-    def rsample(self, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """softmax((log pi + g) / tau), g ~ Gumbel(0, 1): a point on the simplex, differentiable in pi."""
-        # -log E with E ~ Exp(1) is a Gumbel(0, 1) draw
-        gumbel = -torch.empty_like(self.log_probs).exponential_(generator=generator).log()
+    def rsample(self, temperature: float, generator: torch.Generator | None = None,
+                gumbel: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax((log pi + g) / tau), g ~ Gumbel(0, 1): a point on the simplex, differentiable in pi.
+
+        g is drawn on `generator`, or given (`gumbel_noise` drawn ahead, outside a vmap)."""
+        if gumbel is None:
+            gumbel = gumbel_noise(self.log_probs.shape, generator, self.log_probs.device, self.log_probs.dtype)
         return F.softmax((self.log_probs + gumbel) / temperature, dim=-1)
 
     def kl_uniform(self) -> torch.Tensor:

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from .config import ModelSpec
-from .latents import DiagonalGaussian, GumbelSoftmax
+from .latents import DiagonalGaussian, GumbelSoftmax, gaussian_noise, gumbel_noise
 
 Shape = tuple[int, int, int]
+Noise = tuple[torch.Tensor | None, torch.Tensor | None]  # eps for z, Gumbel g for c~ (None: no such part)
 CONV_FEATURES = 512
 
 
@@ -96,11 +97,21 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
         return self.decoder(torch.cat([t for t in (z, c) if t is not None], dim=-1))
 
-    def forward(self, x: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> Forward:
+    def forward(self, x: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                noise: Noise | None = None) -> Forward:
+        """Encode, sample (z, c~) and decode; the draws are made on `generator`, or given as `noise`."""
         posterior = self.encode(x)
-        z = posterior.gaussian.rsample(generator) if posterior.gaussian else None
-        c = posterior.categorical.rsample(temperature, generator) if posterior.categorical else None
+        eps, gumbel = noise if noise is not None else (None, None)
+        z = posterior.gaussian.rsample(generator, eps) if posterior.gaussian else None
+        c = posterior.categorical.rsample(temperature, generator, gumbel) if posterior.categorical else None
         return Forward(posterior, z, c, self.decode(z, c), self.prior_means)
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Noise:
+        """The draws `forward` makes on n images, in its order and shapes: what a vectorized caller, which
+        cannot draw on one generator per model inside torch.func.vmap, draws ahead and passes as `noise`."""
+        like = self.head.weight
+        return (gaussian_noise((n, self.d), generator, like.device, like.dtype) if self.d else None,
+                gumbel_noise((n, self.k), generator, like.device, like.dtype) if self.k else None)
 
     def sample_prior_z(self, c: torch.Tensor | None, n: int, generator: torch.Generator | None = None
                        ) -> torch.Tensor:
@@ -139,6 +150,11 @@ class QNetwork(nn.Module):
         self.g, self.k = gaussian_targets, categories
         self.body, features = encoder_body(backbone, shape, hidden)
         self.head = nn.Linear(features, 2 * self.g + self.k)
+
+    def forward(self, x: torch.Tensor, z_hat: torch.Tensor | None, c_hat: torch.Tensor | None
+                ) -> dict[str, torch.Tensor]:
+        """`log_prob`, for callers that go through the module call (torch.func.functional_call)."""
+        return self.log_prob(x, z_hat, c_hat)
 
     def log_prob(self, x: torch.Tensor, z_hat: torch.Tensor | None, c_hat: torch.Tensor | None
                  ) -> dict[str, torch.Tensor]:

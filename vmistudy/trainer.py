@@ -178,12 +178,17 @@ class Trainer:
             totals += self.train_step(x) * len(index)
             if progress:
                 progress(i + 1, len(batches))
-        seconds = time.perf_counter() - start
+        return self.end_epoch(totals, time.perf_counter() - start, start)
+
+    def end_epoch(self, totals: torch.Tensor, seconds: float, start: float) -> dict[str, float]:
+        """Count a finished training pass (its summed [loss, MI bound], its `seconds`, begun at `start`),
+        evaluate and record: whoever made the pass, this trainer or a bundle (`bundle.py`) of which it is one."""
         self.epoch += 1
-        train_loss, train_mi = (totals / len(images)).tolist()
+        n = len(self.data.train_images)
+        train_loss, train_mi = (totals / n).tolist()
         metrics = {"epoch": self.epoch, "step": self.step, "temperature": self.temperature,
                    "train_loss": train_loss, "train_mi_lower_bound": train_mi,
-                   "images_per_second": len(images) / seconds, **self.evaluate()}
+                   "images_per_second": n / seconds, **self.evaluate()}
         metrics["epoch_seconds"] = time.perf_counter() - start  # training and evaluation, not a study's overhead
         self.history.append(metrics)
         return metrics
