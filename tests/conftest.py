@@ -26,6 +26,9 @@ PYTHON = sys.executable
 
 torch.set_num_threads(2)
 
+# Where the training tests run: the CPU always; a CUDA GPU where there is one, skipped elsewhere
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
+
 PROCESS_MARKERS = ("ray", "server", "subprocess")
 _starts_processes = {"allowed": True}
 _popen_init = subprocess.Popen.__init__

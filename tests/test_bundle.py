@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import MNIST_SMALL, SYNTHETIC, make_spec, raw_study, state_equal, strip_timing
+from conftest import DEVICES, MNIST_SMALL, SYNTHETIC, make_spec, raw_study, state_equal, strip_timing
 from vmistudy import data as datasets
 from vmistudy.bundle import Bundle, stack_adam, unstack_adam
 from vmistudy.errors import InputError
@@ -29,8 +29,9 @@ MNIST_TINY = raw_study(MNIST_SMALL, data={"subset": 300, "test_subset": 100}, mo
 MEMBERS = [(seed, lambda_mi) for seed in (0, 1, 2) for lambda_mi in (5.0, 0.0)]  # 3 replicates, each with its twin
 
 
-def recipes(members=MEMBERS):
-    return [make_spec(MNIST_TINY, train={"seed": seed}, mi={"lambda_mi": lam}).recipe for seed, lam in members]
+def recipes(members=MEMBERS, device: str = "cpu"):
+    return [make_spec(MNIST_TINY, train={"seed": seed, "device": device}, mi={"lambda_mi": lam}).recipe
+            for seed, lam in members]
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +73,16 @@ def assert_same_history(member: Trainer, solo: Trainer, tolerance: dict = METRIC
         assert a == pytest.approx(b, **tolerance)
 
 
-def test_each_member_is_its_solo_run_step_by_step(mnist, float64):
-    bundle, solos = Bundle.fresh(recipes(), mnist), [Trainer(r, mnist) for r in recipes()]
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_member_is_its_solo_run_step_by_step(mnist, float64, device):
+    bundle, solos = Bundle.fresh(recipes(device=device), mnist), [Trainer(r, mnist) for r in recipes(device=device)]
     for m, solo in enumerate(solos):  # the same initial weights, from the member's own seed
         assert state_equal(bundle.member(m).vae.state_dict(), solo.vae.state_dict()) == []
     images = mnist.train_images
     for step in range(4):
         batches = [torch.randperm(len(images), generator=torch.Generator().manual_seed(10 * step + m))[:50]
                    for m in range(len(solos))]
-        x = datasets.as_float(images[torch.stack(batches)])
+        x = datasets.as_float(images[torch.stack(batches)]).to(bundle.device)
         ours = bundle.train_step(x)
         theirs = torch.stack([solo.train_step(x[m]) for m, solo in enumerate(solos)])
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from conftest import MNIST_SMALL, SYNTHETIC, make_spec, raw_study, run_cli, state_equal, strip_timing, write_study
+from conftest import (DEVICES, MNIST_SMALL, SYNTHETIC, make_spec, raw_study, run_cli, state_equal, strip_timing,
+                      write_study)
 from vmistudy import data as datasets
 from vmistudy import train
 from vmistudy.errors import InputError
@@ -40,13 +41,15 @@ def _resume_matches_straight_run(spec, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_in_process_synthetic(tmp_path):
-    _resume_matches_straight_run(make_spec(mi={"lambda_mi": 3.0}), tmp_path)
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_in_process_synthetic(tmp_path, device):
+    _resume_matches_straight_run(make_spec(mi={"lambda_mi": 3.0}, train={"device": device}), tmp_path)
 
 
 @pytest.mark.slow
-def test_resume_in_process_mnist(tmp_path, mnist_root):
-    _resume_matches_straight_run(make_spec(MNIST_SMALL), tmp_path)
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_in_process_mnist(tmp_path, mnist_root, device):
+    _resume_matches_straight_run(make_spec(MNIST_SMALL, train={"device": device}), tmp_path)
 
 
 def test_resume_without_restoring_the_rngs_would_differ(tmp_path):

@@ -31,7 +31,7 @@ from .config import Recipe
 from .errors import InputError
 from .networks import mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
-from .trainer import DivergenceError, Progress, Trainer, pick_device
+from .trainer import DivergenceError, Progress, Trainer, autocast, pick_device
 
 Tensors = dict[str, torch.Tensor]  # a pytree vmap maps over: absent latent parts are absent keys, never None
 SHARED_EXCEPT = {"train": {"seed"}, "mi": {"lambda_mi"}}  # what may differ between members
@@ -168,10 +168,11 @@ class Bundle:
             return (terms.loss(recipe.train, step), {k: t for k, t in targets.items() if t is not None},
                     entropies, checked)
 
-        loss, targets, entropies, checked = vmap(forward)(as_parameters(self.vae_leaves), x, self.noise(x.shape[1]))
-
-        # the Q step, on detached targets; the sum of the members' losses gives each member its own gradient
-        log_q = vmap(self._log_q)(as_parameters(self.q_leaves), {k: t.detach() for k, t in targets.items()})
+        noise = self.noise(x.shape[1])
+        with autocast(recipe, self.device):
+            loss, targets, entropies, checked = vmap(forward)(as_parameters(self.vae_leaves), x, noise)
+            # the Q step, on detached targets; the sum of the members' losses gives each member its own gradient
+            log_q = vmap(self._log_q)(as_parameters(self.q_leaves), {k: t.detach() for k, t in targets.items()})
         self._check_finite({**checked, **{f"log_q_{p}": v for p, v in log_q.items()}})
         q_loss = -sum(log_q.values()).mean(-1).sum()
         self.q_opt.zero_grad(set_to_none=True)
@@ -181,8 +182,9 @@ class Bundle:
         # the VAE step, Q (after its step) held fixed; the MI term for the members with lambda_mi > 0 only, as
         # their solo runs add it: a twin's solo run skips it
         if len(self.with_mi):
-            mi = vmap(lambda q, targets, h: mi_lower_bound(self._log_q(q, targets), h))(
-                *(self._with_mi(tree) for tree in (as_parameters(self.q_leaves), targets, entropies)))
+            with autocast(recipe, self.device):
+                mi = vmap(lambda q, targets, h: mi_lower_bound(self._log_q(q, targets), h))(
+                    *(self._with_mi(tree) for tree in (as_parameters(self.q_leaves), targets, entropies)))
             self._check_finite({"mi_lower_bound": mi}, self.with_mi)
             loss = loss.index_add(0, self.with_mi, -self.lambda_mi[self.with_mi] * mi)
         self.vae_opt.zero_grad(set_to_none=True)

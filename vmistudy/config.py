@@ -145,6 +145,9 @@ class TrainSpec(Section):
     capacity: CapacitiesSpec = CapacitiesSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: StrictInt | None = Field(None, ge=1, description="torch CPU threads; default torch's own")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the training step's forward passes: float32, or bfloat16 autocast (matmuls and "
+                               "convolutions in bf16; weights, optimizer and evaluation stay float32)")
 
 
 class MISpec(Section):

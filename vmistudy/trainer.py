@@ -57,6 +57,13 @@ def build_q(recipe: Recipe, shape) -> QNetwork:
                         recipe.model.categories if recipe.mi.categorical else 0)
 
 
+def autocast(recipe: Recipe, device: torch.device) -> torch.autocast:
+    """The context of a training step's forward passes: bfloat16 autocast where train.precision asks for it
+    (torch runs matmuls and convolutions in bf16, softmaxes, logs and the likelihood in float32), a no-op
+    otherwise. Backward passes and optimizer steps run outside it, as torch advises."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.train.precision == "bfloat16")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -112,14 +119,14 @@ class Trainer:
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 on one minibatch; returns [VAE loss, MI bound] as a detached tensor."""
         recipe = self.recipe
-        out = self.vae(x, self.temperature, self.sample_rng)
-        x_tilde = mean_image(out.logits)
-        z_hat, c_hat = mi_targets(out, recipe.mi)
-        entropies = target_entropy(recipe.mi, out.posterior)
-
-        detached = [t.detach() if t is not None else None for t in (x_tilde, z_hat, c_hat)]
-        terms = elbo_terms(out, x, recipe.model)
-        log_q = self.q.log_prob(*detached)
+        with autocast(recipe, self.device):
+            out = self.vae(x, self.temperature, self.sample_rng)
+            x_tilde = mean_image(out.logits)
+            z_hat, c_hat = mi_targets(out, recipe.mi)
+            entropies = target_entropy(recipe.mi, out.posterior)
+            detached = [t.detach() if t is not None else None for t in (x_tilde, z_hat, c_hat)]
+            terms = elbo_terms(out, x, recipe.model)
+            log_q = self.q.log_prob(*detached)
         self._check_finite({"recon": terms.recon, "kl_continuous": terms.kl_continuous,
                             "kl_categorical": terms.kl_categorical, **{f"log_q_{p}": v for p, v in log_q.items()}})
         q_loss = -sum(log_q.values()).mean()
@@ -129,7 +136,8 @@ class Trainer:
 
         loss = terms.loss(recipe.train, self.step)
         if recipe.mi.lambda_mi > 0:
-            mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
+            with autocast(recipe, self.device):
+                mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
             self._check_finite({"mi_lower_bound": mi})
             loss = loss - recipe.mi.lambda_mi * mi
         self.vae_opt.zero_grad(set_to_none=True)
