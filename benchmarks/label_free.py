@@ -52,11 +52,18 @@ def interval(values: np.ndarray) -> str:
     return f"{100 * values.mean():+.2f} +- {100 * t_half_width(values.tolist()):.2f} points"
 
 
+def groups(table: replay.CurveTable, runs: dict) -> dict[str, dict]:
+    """The configurations with lambda_mi > 0 and the lambda_mi = 0 twins apart (all as one without the field)."""
+    if "mi.lambda_mi" not in table.fields:
+        return {"all configurations": runs}
+    lam = table.fields.index("mi.lambda_mi")
+    return {"lambda_mi > 0": {p: v for p, v in runs.items() if p[lam] > 0},
+            "lambda_mi = 0": {p: v for p, v in runs.items() if p[lam] == 0}}
+
+
 def print_restarts(table: replay.CurveTable, runs: dict, metric: str) -> None:
-    lam = table.fields.index("mi.lambda_mi") if "mi.lambda_mi" in table.fields else None
     print(f"restarts: keep 1 of {len(table.seeds)} seeds by a label-free score; {metric} against the mean seed")
-    for name, keep in (("lambda_mi > 0", lambda p: p[lam] > 0), ("lambda_mi = 0", lambda p: p[lam] == 0)):
-        chosen = {p: v for p, v in runs.items() if lam is None or keep(p)}
+    for name, chosen in groups(table, runs).items():
         if len(chosen) < 2:
             continue
         gains = restarts(chosen, metric)
@@ -67,8 +74,7 @@ def print_restarts(table: replay.CurveTable, runs: dict, metric: str) -> None:
 
 
 def print_picks(table: replay.CurveTable, runs: dict, metric: str) -> None:
-    lam = table.fields.index("mi.lambda_mi") if "mi.lambda_mi" in table.fields else None
-    candidates = {p: v for p, v in runs.items() if lam is None or p[lam] > 0} or runs
+    candidates = groups(table, runs).get("lambda_mi > 0") or runs  # the twins are the comparison, not candidates
     means = {p: {k: v.mean() for k, v in values.items()} for p, values in candidates.items()}
     labelled = max(means, key=lambda p: means[p][metric])
     print(f"configurations: the labels pick {describe(table, labelled)}: {metric} {means[labelled][metric]:.4f}")

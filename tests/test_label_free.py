@@ -46,6 +46,16 @@ def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misse
     assert "the ELBO picks lambda_mi=1 cap=2: accuracy_hungarian 0.5000, 0.0 points below (goal 2: met)" in out
 
 
+def test_a_table_without_lambda_mi_is_one_group(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    table(ROWS).drop(columns="mi.lambda_mi").rename(columns={"train.capacity.gaussian.cap": "train.beta"}) \
+        .assign(**{"train.beta": lambda f: f.index // 6}).to_csv(path, index=False)  # 3 configurations
+    label_free.main(["--table", str(path)])
+    out = capsys.readouterr().out
+    assert out.count("configurations):") == 1 and "all configurations (3 configurations)" in out
+    assert "lambda_mi" not in out and "the labels pick beta=0: accuracy_hungarian 0.5000" in out
+
+
 @pytest.mark.parametrize("args, field", [(["--metric", "purity"], "--metric"), (["--table", "nowhere.csv"], "--table")])
 def test_bad_arguments_are_one_line_and_exit_2(args, field, capsys):
     with pytest.raises(SystemExit) as exited:

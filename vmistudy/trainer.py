@@ -8,6 +8,7 @@ Q is trained even at lambda_mi = 0, so every model carries an MI estimate.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -57,11 +58,14 @@ def build_q(recipe: Recipe, shape) -> QNetwork:
                         recipe.model.categories if recipe.mi.categorical else 0)
 
 
-def autocast(recipe: Recipe, device: torch.device) -> torch.autocast:
+def autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContextManager:
     """The context of a training step's forward passes: bfloat16 autocast where train.precision asks for it
     (torch runs matmuls and convolutions in bf16, softmaxes, logs and the likelihood in float32), a no-op
-    otherwise. Backward passes and optimizer steps run outside it, as torch advises."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.train.precision == "bfloat16")
+    otherwise (not a disabled autocast, which would switch off one a caller holds). Backward passes and
+    optimizer steps run outside it, as torch advises."""
+    if recipe.train.precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def pick_device(name: str) -> torch.device:
