@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Iterator
 
 import torch
 from torch.func import functional_call, vmap
@@ -31,7 +32,7 @@ from .config import Recipe
 from .errors import InputError
 from .networks import mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
-from .trainer import DivergenceError, Progress, Trainer, autocast, pick_device
+from .trainer import DivergenceError, Epoch, Progress, Trainer, autocast, pick_device
 
 Tensors = dict[str, torch.Tensor]  # a pytree vmap maps over: absent latent parts are absent keys, never None
 SHARED_EXCEPT = {"train": {"seed"}, "mi": {"lambda_mi"}}  # what may differ between members
@@ -150,6 +151,17 @@ class Bundle:
     @property
     def step(self) -> int:
         return self.members[0].step
+
+    @property
+    def epoch(self) -> int:
+        return self.members[0].epoch
+
+    def epochs(self, figures_every: int = 0) -> Iterator[list[Epoch]]:
+        """`Trainer.epochs` for all members at once: from the current epoch to train.epochs, yielding each
+        member's finished epoch (the last one with what the run's end adds)."""
+        while self.epoch < self.recipe.train.epochs:
+            yield [member.finish_epoch(metrics, figures_every)
+                   for member, metrics in zip(self.members, self.train_epoch())]
 
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 on one minibatch per member, x [M, B, C, H, W]; returns [M, (VAE loss, MI bound)]."""

@@ -223,6 +223,8 @@ class SearchSpec(Section):
     max_concurrent: StrictInt | None = Field(None, ge=1)
     replicates: StrictInt = Field(1, ge=1, description="seeds per configuration: train.seed, +1, ...")
     paired_baseline: StrictBool = Field(False, description="a lambda_mi = 0 twin of every trial, same seed")
+    bundle: StrictBool = Field(False, description="train a configuration's replicates and twins as one vectorized "
+                                                  "trial (mlp only): Tune runs one trial per configuration")
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     subsets: dict[str, MISubset] = Field(default_factory=dict)
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -348,6 +350,8 @@ class StudySpec(Section):
         if (self.search and "://" in self.search.storage and self.tracking.enabled and not self.tracking.uri):
             raise ValueError("tracking.uri: required when search.storage is a URI (the default sqlite store "
                              "lives beside local storage); give an MLflow server, e.g. http://mlflow:5000")
+        if self.search and self.search.bundle:
+            _check_bundle(self)
         if self.model.backbone == "conv" and self.data.name == "image_folder" and self.data.image_size % 4:
             raise ValueError(f"data.image_size: the conv backbone needs a multiple of 4, got {self.data.image_size}")
         return self
@@ -355,6 +359,18 @@ class StudySpec(Section):
     @property
     def recipe(self) -> Recipe:
         return Recipe(self.data, self.model, self.train, self.mi)
+
+
+def _check_bundle(spec: StudySpec) -> None:
+    """What search.bundle cannot do: the conv backbone (bundle.py), or a replayed study (it trains nothing)."""
+    searched = spec.search.space.get("model.backbone")
+    backbones = {spec.model.backbone, *((searched.choice or []) if searched else [])}
+    if "conv" in backbones:
+        raise ValueError("search.bundle: bundles train the mlp backbone only (the conv backbone's BatchNorm "
+                         "statistics are not vectorized); set model.backbone: mlp or search.bundle: false")
+    if spec.replay.table:
+        raise ValueError("search.bundle: a replayed study (replay.table) trains no models to bundle; "
+                         "set search.bundle: false")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ray import tune
 
 from .config import StudySpec
 from .report import t_half_width
-from .study import is_twin
+from .study import MEMBERS, is_twin
 
 STATUS_EVERY = 30.0  # s between status lines while no trial ends
 SHOWN = ("mi_lower_bound", "accuracy_hungarian")  # beside the study's metric, in the comparison
@@ -65,8 +65,11 @@ class Progress(tune.Callback):
         stopped = " (stopped by ASHA)" if how == "done" and epoch < epochs else ""
         twin = "lambda_mi = 0 twin of " if is_twin(trial.config, self.spec.search) else ""
         metrics = "  ".join(f"{key} {_number(result[key])}" for key in self._shown() if key in result)
+        seeds = sorted({member["seed"] for member in result.get(MEMBERS, [])}) or [result.get("seed", "?")]
+        bundle = f" (a bundle of {len(result[MEMBERS])}: its mean)" if MEMBERS in result else ""
         _print(f"trial {trial.trial_id} {how}{stopped}: {twin}{configuration(trial.config, self.spec)}, "
-               f"seed {result.get('seed', '?')}, epoch {epoch}/{epochs}  {metrics}")
+               f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, epoch {epoch}/{epochs}{bundle}"
+               f"  {metrics}")
         self._status(trials, trial)
 
     def _status(self, trials, ending=None) -> None:

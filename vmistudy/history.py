@@ -27,7 +27,8 @@ from . import layout
 from .config import ParamSpec, StudySpec
 
 # user attrs: the configuration's number in the order sampled (Replicates made its trials one after another, so
-# Tune numbered them together), and its trials' Tune ids (their MLflow runs' tracking.TRIAL_TAG), by TRIAL_INDEX
+# Tune numbered them together), and its trials' Tune ids (their MLflow runs' tracking.TRIAL_TAG; a bundle member's
+# run has `<id>-m`), by TRIAL_INDEX
 CONFIGURATION, TRIAL_IDS = "configuration", "tune_trial_ids"
 STORE_ERRORS = (OptunaError, SQLAlchemyError, OSError)  # a store that is locked, full or gone
 VIEWS = {"importances": views.plot_param_importances, "history": views.plot_optimization_history,

@@ -196,11 +196,12 @@ def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
     """Print each configuration beside its lambda_mi = 0 twins (the best CONFIGURATIONS_SHOWN) and the errored
     trials; return the exit status."""
     search = spec.search
-    rows = [{"config": result.config or {}, "metrics": result.metrics or {}} for result in results]
+    rows = [row for result in results for row in study.member_rows(result.config or {}, result.metrics or {}, search)]
     lines = console.comparison(rows, spec)
     shown = [i for i, line in enumerate(lines) if not line.startswith(" ")][CONFIGURATIONS_SHOWN:]
     twins = " beside its lambda_mi = 0 twins (same seeds and initial weights)" if search.paired_baseline else ""
-    print(f"\n{len(rows)} trials of study {spec.name}: each configuration{twins}, mean +- 95% interval over "
+    bundles = f" (in {len(results)} bundles)" if search.bundle else ""
+    print(f"\n{len(rows)} trials{bundles} of study {spec.name}: each configuration{twins}, mean +- 95% interval over "
           f"seeds, test split; best {search.metric} ({search.mode}) first")
     print("\n".join(lines[:shown[0]] if shown else lines))
     if shown:

@@ -2,10 +2,13 @@
 
 Every algorithm runs through OptunaSearch with a define-by-run space (TPE, random or grid sampler),
 wrapped by `Replicates`, which turns each sampled configuration into `replicates` seeds and, with
-`paired_baseline`, a lambda_mi = 0 twin of each seed (same seed, so same initial weights). Twins are
-spared by ASHA and do not count toward the score the searcher sees. Trials log to MLflow through
-tracking.py's trackers; the driver-side `EndTrialRuns` callback ends their runs (the Tune side of the bridge), and
-`ContinueTrials` lets a trial go on from what it saved whatever instant the driver died at.
+`paired_baseline`, a lambda_mi = 0 twin of each seed (same seed, so same initial weights): its members.
+Twins are spared by ASHA and do not count toward the score the searcher sees. With `bundle`, a
+configuration's members are one Tune trial instead, trained as one vectorized model (bundle.py), each
+member with its own MLflow run; Tune, ASHA and the searcher see the mean of its members with lambda_mi > 0.
+Trials log to MLflow through tracking.py's trackers; the driver-side `EndTrialRuns` callback ends their runs
+(the Tune side of the bridge), and `ContinueTrials` lets a trial go on from what it saved whatever instant the
+driver died at.
 """
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ import json
 import logging
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -35,6 +39,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from . import data as datasets
 from . import figures, history, layout, replay
+from .bundle import Bundle
 from .config import SUBSET_PATH, SearchSpec, StudySpec, rung_ranking, validate
 from .layout import experiment_path, read_bytes, storage_path, write_bytes
 from .tracking import NullStudyTracker, StudyTracker, TrialTracker
@@ -64,8 +69,17 @@ class SearchSpace:
                 chosen[path] = trial.suggest_float(path, *getattr(p, p.kind), log=p.kind == "loguniform")
 
 
-def trials_per_configuration(search: SearchSpec) -> int:
+MEMBERS = "members"  # in a bundle trial's report: each member's metrics, with its seed and lambda_mi
+
+
+def members_per_configuration(search: SearchSpec) -> int:
+    """The models a configuration trains: its seeds, and their twins."""
     return search.replicates * (2 if search.paired_baseline else 1)
+
+
+def trials_per_configuration(search: SearchSpec) -> int:
+    """The Tune trials of a configuration: a bundle trains its members in one."""
+    return 1 if search.bundle else members_per_configuration(search)
 
 
 def configurations(search: SearchSpec) -> int:
@@ -163,21 +177,71 @@ def trial_spec(spec: StudySpec, config: dict) -> StudySpec:
     return validate(raw, source="trial")
 
 
+def member_configs(config: dict, search: SearchSpec) -> list[dict]:
+    """The configurations (TRIAL_INDEX: seed offset and twin) of a Tune trial's members: the trial's own, or
+    one per member of its configuration in a bundle."""
+    if not search.bundle:
+        return [config]
+    return [{**config, TRIAL_INDEX: m} for m in range(members_per_configuration(search))]
+
+
+def member_rows(config: dict, result: dict, search: SearchSpec) -> list[dict]:
+    """A Tune trial's members, as {"config": ..., "metrics": ...} each: the trial, or its bundle's members (with
+    no metrics before its first report)."""
+    if not search.bundle:
+        return [{"config": config, "metrics": result}]
+    reported = result.get(MEMBERS, [])
+    return [{"config": c, "metrics": reported[m] if m < len(reported) else {}}
+            for m, c in enumerate(member_configs(config, search))]
+
+
+def _member_runs(search: SearchSpec, trial_id: str, name: str, earlier_ids=()) -> list[tuple[str, str, list[str]]]:
+    """Each member's MLflow run as the tracker knows it: (trial id tag, run name, the tags of the lost trials
+    whose run it took over). A bundle's member m is `<id>-m`, named `<name>/member_m`: its kept calls are in the
+    trial's folder's member_m/."""
+    if not search.bundle:
+        return [(trial_id, name, list(earlier_ids))]
+    return [(f"{trial_id}-{m}", f"{name}/member_{m}", [f"{e}-{m}" for e in earlier_ids])
+            for m in range(members_per_configuration(search))]
+
+
+def _end_runs(tracker: StudyTracker | NullStudyTracker, search: SearchSpec, trial_id: str, name: str, status: str,
+              run_ids: list | None = None, earlier_ids=()) -> None:
+    """End the MLflow runs of a Tune trial's members (by their ids, where the trial reported them)."""
+    run_ids = run_ids or []
+    for m, (tag, run_name, earlier) in enumerate(_member_runs(search, trial_id, name, earlier_ids)):
+        tracker.end_trial(tag, run_name, status, run_ids[m] if m < len(run_ids) else None, earlier)
+
+
 def _train_trial(config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> None:
-    """One Tune trial: continue from the trial's saved state if any, then train epoch by epoch, logging each
-    to MLflow and reporting it to Tune."""
+    """One Tune trial: its model (or with search.bundle, its configuration's models as one bundle) continued
+    from the trial's saved state if any, then trained epoch by epoch, each member's epoch logged to its MLflow
+    run, and the epoch reported to Tune."""
     trial = _Trial.start(config, spec_dump, tracker)
     spec = trial.spec
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
-    trainer = Trainer(spec.recipe, datasets.load(spec.data))
-    state = trial.restored_state()
+    members, epochs, state_dict = _models(trial, datasets.load(spec.data), trial.restored_state())
+    if members[0].epoch == spec.train.epochs:  # it ended, but the driver died before Tune recorded the end
+        trial.report([m.history[-1] for m in members], state_dict())
+    for epoch in epochs:
+        for run, member, member_epoch, member_spec in zip(trial.runs, members, epoch, trial.members):
+            _record(run, member, member_epoch, member_spec)
+        trial.report([e.metrics for e in epoch], state_dict())
+
+
+def _models(trial: _Trial, data: datasets.ImageData, state: dict | None
+            ) -> tuple[list[Trainer], Iterator[list[Epoch]], Callable[[], dict]]:
+    """The trial's models, continued from `state` if any: the members' trainers, their epochs to come (each a
+    list, one per member), and the state to save after each."""
+    recipes, figures_every = [member.recipe for member in trial.members], trial.spec.tracking.figures_every
+    if trial.bundled:
+        bundle = Bundle.resume(recipes, data, state[MEMBERS]) if state else Bundle.fresh(recipes, data)
+        return (bundle.members, bundle.epochs(figures_every),
+                lambda: {"epoch": bundle.epoch, MEMBERS: bundle.state_dicts()})
+    trainer = Trainer(recipes[0], data)
     if state:
         trainer.load_state_dict(state)
-    if trainer.epoch == spec.train.epochs:  # it ended, but the driver died before Tune recorded the end
-        trial.report(trainer.history[-1], trainer.state_dict())
-    for epoch in trainer.epochs(figures_every=spec.tracking.figures_every):
-        _record(trial.run, trainer, epoch, spec)
-        trial.report(epoch.metrics, trainer.state_dict())
+    return [trainer], ([epoch] for epoch in trainer.epochs(figures_every)), trainer.state_dict
 
 
 def _replay_trial(config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> None:
@@ -189,50 +253,61 @@ def _replay_trial(config: dict, spec_dump: dict, tracker: StudyTracker | NullStu
     curve, seconds = replay.read(spec.replay.table).curve(spec)
     done = (trial.restored_state() or {"epoch": 0})["epoch"]
     if done == spec.train.epochs:  # it ended, but the driver died before Tune recorded the end
-        trial.report(curve[done - 1], {"epoch": done})
+        trial.report([curve[done - 1]], {"epoch": done})
     for metrics, wall in zip(curve[done:spec.train.epochs], seconds[done:]):
         time.sleep(wall * spec.replay.time_scale)
-        trial.run.log_epoch(metrics)
-        trial.report(metrics, {"epoch": int(metrics["epoch"])})
+        trial.runs[0].log_epoch(metrics)
+        trial.report([metrics], {"epoch": int(metrics["epoch"])})
 
 
 @dataclass
 class _Trial:
-    """What every trainable shares: the trial's spec, its MLflow run, where its state is kept, how it reports.
+    """What every trainable shares: its members' specs and MLflow runs (one of each, or a bundle's), where its
+    state is kept, how it reports.
 
     The state that resumes a trial is saved after every epoch in the trial's own folder (layout.TRIAL_STATE),
     replacing the last, rather than as a Tune checkpoint: Tune writes its whole experiment state (every
     trial, the searcher) whenever a trial checkpoints, which at a thousand trials costs more than the trials.
     Tune gets one checkpoint, at the last epoch, so a finished trial is in the experiment state at once.
     """
-    spec: StudySpec
-    run: TrialTracker
+    members: list[StudySpec]
+    twins: list[bool]
+    runs: list[TrialTracker]
+    bundled: bool
     node: str
     state_path: str
 
     @classmethod
     def start(cls, config: dict, spec_dump: dict, tracker: StudyTracker | NullStudyTracker) -> _Trial:
         study = StudySpec.model_validate(spec_dump)
-        spec = trial_spec(study, config)
+        configs = member_configs(config, study.search)
+        members = [trial_spec(study, c) for c in configs]
         node = ray.get_runtime_context().get_node_id()
         context = tune.get_context()
         name = context.get_trial_name()
         marker = layout.read_marker(study, name) or {}  # ContinueTrials writes it before the trial starts
-        run = tracker.trial(context.get_trial_id(), name, spec, node, marker.get("owners", []))
-        return cls(spec, run, node, layout.trial_state_path(study, name))
+        runs = [tracker.trial(tag, run_name, spec, node, earlier) for spec, (tag, run_name, earlier) in
+                zip(members, _member_runs(study.search, context.get_trial_id(), name, marker.get("owners", [])))]
+        return cls(members, [is_twin(c, study.search) for c in configs], runs, study.search.bundle, node,
+                   layout.trial_state_path(study, name))
+
+    @property
+    def spec(self) -> StudySpec:
+        """What the members share (train.epochs, tracking, resources): the first's spec."""
+        return self.members[0]
 
     def restored_state(self) -> dict | None:
         data = read_bytes(self.state_path)
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
 
-    def report(self, metrics: dict, state: dict) -> None:
-        """Save the state to resume from after this epoch, then report the epoch to Tune (where a scheduler
-        may stop the trial)."""
+    def report(self, members: list[dict], state: dict) -> None:
+        """Save the state to resume from after this epoch, then report the epoch (each member's metrics) to
+        Tune, where a scheduler may stop the trial."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes(self.state_path, buffer.getvalue())
-        metrics = {**metrics, "seed": self.spec.train.seed, "lambda_mi": self.spec.mi.lambda_mi, "node_id": self.node,
-                   RUN_ID: self.run.run_id, KEPT: self.run.kept}
+        metrics = {**self._result(members), "node_id": self.node, RUN_ID: [run.run_id for run in self.runs],
+                   KEPT: sum(run.kept for run in self.runs)}
         if metrics["epoch"] < self.spec.train.epochs or tune.get_checkpoint():
             # a trial Tune restored from its last-epoch checkpoint reports that epoch again without a new one: with
             # one checkpoint kept, Tune would delete the one its saved experiment state names
@@ -241,6 +316,22 @@ class _Trial:
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state, Path(folder) / CHECKPOINT)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def _result(self, members: list[dict]) -> dict:
+        """What Tune is told: the member's metrics, its seed and lambda_mi; of a bundle, the mean of the members
+        that are not twins (what the searcher and ASHA score), and each member's under MEMBERS."""
+        rows = [{**metrics, "seed": spec.train.seed, "lambda_mi": spec.mi.lambda_mi}
+                for metrics, spec in zip(members, self.members)]
+        if not self.bundled:
+            return rows[0]
+        scored = [row for row, twin in zip(rows, self.twins) if not twin]
+        mean = {key: _mean([row[key] for row in scored]) for key in scored[0] if key != "seed"}
+        return {**mean, MEMBERS: rows}
+
+
+def _mean(values: list[float]) -> float:
+    """Their mean; what all members share (epoch, step, temperature) as it is, an int staying one."""
+    return values[0] if len(set(values)) == 1 else statistics.fmean(values)
 
 
 def _record(run: TrialTracker, trainer: Trainer, epoch: Epoch, spec: StudySpec) -> None:
@@ -260,18 +351,22 @@ class EndTrialRuns(tune.Callback):
     """Driver side: end each trial's MLflow run FINISHED (ASHA-stopped trials included) or FAILED, and tell the
     user once when trials keep what the tracking server does not take (trials print nothing of it)."""
 
-    def __init__(self, tracker: StudyTracker | NullStudyTracker):
-        self.tracker = tracker
+    def __init__(self, spec: StudySpec, tracker: StudyTracker | NullStudyTracker):
+        self.search, self.tracker = spec.search, tracker
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get(KEPT):
             self.tracker.tell_kept()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial.trial_id, _short_name(trial), "FINISHED", (trial.last_result or {}).get(RUN_ID))
+        self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(trial.trial_id, _short_name(trial), "FAILED", (trial.last_result or {}).get(RUN_ID))
+        self._end(trial, "FAILED")
+
+    def _end(self, trial, status: str) -> None:
+        _end_runs(self.tracker, self.search, trial.trial_id, _short_name(trial), status,
+                  (trial.last_result or {}).get(RUN_ID))
 
 
 class OptunaHistory(tune.Callback):
@@ -336,14 +431,14 @@ class OptunaHistory(tune.Callback):
 
     def _frozen(self, number: int, group: list) -> FrozenTrial:
         search = self.spec.search
-        finals = {t.trial_id: _final(t, search.metric) for t in group}
-        values = [finals[t.trial_id] for t in group if not is_twin(t.config, search)]
+        finals = [(is_twin(config, search), value) for t in group for config, value in _finals(t, search)]
+        values = [value for twin, value in finals if not twin]
         scored = [v for v in values if v is not None]
         params = _sampled(group[0].config)
         attrs = {history.CONFIGURATION: number, history.TRIAL_IDS: [t.trial_id for t in group], "values": values,
                  "epochs": [(t.last_result or {}).get("epoch") for t in group]}
         if search.paired_baseline:
-            attrs["twin_values"] = [finals[t.trial_id] for t in group if is_twin(t.config, search)]
+            attrs["twin_values"] = [value for twin, value in finals if twin]
         distributions = {k: history.distribution(search.space[k]) for k in params}
         if not scored:  # no replicate reported (all errored): the searcher is told NaN, a failed trial
             return optuna.trial.create_trial(state=TrialState.FAIL, params=params, distributions=distributions,
@@ -363,10 +458,16 @@ def _sampled(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != TRIAL_INDEX}
 
 
-def _final(trial, metric: str) -> float | None:
-    """The metric of the trial's last report, as Tune tells the searcher; None where it tells none (an errored
-    trial, one that never reported) and for NaN, which JSON user attrs cannot hold."""
-    value = None if trial.status == "ERROR" else (trial.last_result or {}).get(metric)
+def _finals(trial, search: SearchSpec) -> list[tuple[dict, float | None]]:
+    """Each member's configuration and the metric of its last report (for a solo trial, as Tune tells the
+    searcher); None where there is none (an errored trial, one that never reported) and for NaN, which JSON
+    user attrs cannot hold."""
+    result = {} if trial.status == "ERROR" else trial.last_result or {}
+    rows = member_rows(trial.config, result, search)
+    return [(row["config"], _finite(row["metrics"].get(search.metric))) for row in rows]
+
+
+def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
@@ -428,7 +529,7 @@ class ContinueTrials(tune.Callback):
     def on_experiment_end(self, trials, **info):
         for folder, marker in (self.lost or {}).items():
             *earlier, last = marker["owners"]
-            self.tracker.end_trial(last, folder, "KILLED", earlier_ids=earlier)
+            _end_runs(self.tracker, self.spec.search, last, folder, "KILLED", earlier_ids=earlier)
             layout.write_marker(self.spec, folder, {**marker, "ended": True})
 
 
@@ -472,7 +573,7 @@ def tuner(spec: StudySpec, tracker: StudyTracker | NullStudyTracker, callbacks: 
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # a trial's last-epoch checkpoint (its only one, see _Trial) makes Tune save the experiment state
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=verbose, stop=stop,
-            callbacks=[ContinueTrials(spec, tracker), EndTrialRuns(tracker), *callbacks]),
+            callbacks=[ContinueTrials(spec, tracker), EndTrialRuns(spec, tracker), *callbacks]),
     )
 
 

@@ -1,4 +1,5 @@
-"""MLflow adapter: one experiment per study, one parent run per study, one child run per trial.
+"""MLflow adapter: one experiment per study, one parent run per study, one child run per trial (per member of a
+bundle trial: study.py names them).
 
 The driver creates the store, the experiment (absolute artifact location) and the parent run before any
 trial starts: trials that race to create a fresh sqlite store crash, and an experiment created inside a
@@ -563,13 +564,14 @@ def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 def _kept_files(folder: str) -> list[str | None]:
-    """Where a study folder holds kept calls: the names of its trials, None for the study's own."""
+    """Where a study folder holds kept calls: the names of its trials' runs (`trial`, or `trial/member_m` in a
+    bundle trial's folder), None for the study's own."""
     fs, root = _filesystem(folder)
     found = []
     for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=True)):
-        parts = info.path[len(root):].strip("/").split("/")
-        if parts[-1] == KEPT and len(parts) <= 2:
-            found.append(parts[0] if len(parts) == 2 else None)
+        *run, name = info.path[len(root):].strip("/").split("/")
+        if name == KEPT and len(run) <= 2:
+            found.append("/".join(run) or None)
     return found
 
 

@@ -171,11 +171,14 @@ class Trainer:
             notify(f"after epoch {epochs}: a fresh Q is fitted for {fresh_q_steps} steps "
                    "(mi.fresh_q_steps, thesis eq. 4.8)")
         while self.epoch < epochs:
-            metrics = self.train_epoch(progress(self.epoch + 1) if progress else None)
-            last = self.epoch == epochs
-            if last and fresh_q_steps:
-                metrics.update(self.frozen_mi_lower_bounds())  # the history's entry too: checkpoints keep them
-            yield Epoch(self.epoch, metrics, last, last or bool(figures_every) and self.epoch % figures_every == 0)
+            yield self.finish_epoch(self.train_epoch(progress(self.epoch + 1) if progress else None), figures_every)
+
+    def finish_epoch(self, metrics: dict[str, float], figures_every: int) -> Epoch:
+        """The epoch just recorded, with what the run's end adds if it was the last (see `epochs`)."""
+        last = self.epoch == self.recipe.train.epochs
+        if last and self.recipe.mi.fresh_q_steps:
+            metrics.update(self.frozen_mi_lower_bounds())  # the history's entry too: checkpoints keep them
+        return Epoch(self.epoch, metrics, last, last or bool(figures_every) and self.epoch % figures_every == 0)
 
     def train_epoch(self, progress: Progress | None = None) -> dict[str, float]:
         """One pass over the training set, then the test-split metrics; returns and records them."""
