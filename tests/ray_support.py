@@ -47,10 +47,16 @@ def tiny_study(tmp_path: Path, name: str = "tiny", **overrides) -> Path:
     return out
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    """A command in its own session, output to `log`."""
-    return subprocess.Popen(args, cwd=REPO, env=ray_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+def start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
+    """A command in its own session, output to `log`, `env` added to its environment."""
+    return subprocess.Popen(args, cwd=REPO, env={**ray_env(), **env}, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+# Tune copies its trials' logs (result.json) to storage when it snapshots the experiment: every 10 s or more, and
+# at a trial's checkpoint. A test that waits for a trial half-way through its epochs in storage asks for a snapshot
+# every second, or trials of a few seconds may be seen only before and after.
+SNAPSHOT_EVERY_SECOND = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
 
 
 def run_study(study: Path, *args: str, log: Path, timeout: float = 400) -> tuple[int, str]:

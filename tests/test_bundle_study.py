@@ -11,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import make_spec
-from ray_support import results, run_study, saved_epochs, start, stop_group, tiny_study, wait_for
+from ray_support import (SNAPSHOT_EVERY_SECOND, results, run_study, saved_epochs, start, stop_group, tiny_study,
+                          wait_for)
 from vmistudy import config, study, tracking
 from vmistudy.errors import InputError
 
@@ -83,7 +84,8 @@ def test_driver_sigkill_then_resume_continues_each_bundle_and_its_members_runs(t
                       search__scheduler__name="none", search__bundle=True, search__replicates=2,
                       search__paired_baseline=True, tracking__figures_every=0)
     experiment = tmp_path / "results" / "tiny"
-    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log")
+    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log",
+                   **SNAPSHOT_EVERY_SECOND)
     try:  # killed while a bundle has reported a part of its epochs to Tune
         wait_for(lambda: any(2 <= len(h) < 6 for h in results(experiment).values()), 300, "two epochs", driver)
         os.kill(driver.pid, signal.SIGKILL)

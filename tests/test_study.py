@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from conftest import REPO, make_spec, run_cli
-from ray_support import (results, run_study, saved_epochs, start, stop_group, tiny_study, trial_workers,
-                         wait_for)
+from ray_support import (SNAPSHOT_EVERY_SECOND, results, run_study, saved_epochs, start, stop_group, tiny_study,
+                         trial_workers, wait_for)
 from vmistudy import config, run, study
 from vmistudy.config import SUBSET_PATH
 from vmistudy.errors import InputError
@@ -112,7 +112,8 @@ def test_optuna_asha_study_completes_and_refuses_to_start_over(tmp_path):
 def test_driver_sigkill_then_resume_finishes_every_trial_without_restarting(tmp_path):
     spec = tiny_study(tmp_path, data__train_size=4096, train__epochs=6, search__scheduler__name="none")
     experiment = tmp_path / "results" / "tiny"
-    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log")
+    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log",
+                   **SNAPSHOT_EVERY_SECOND)
     try:  # killed while a trial has logged a part of its epochs to Tune
         wait_for(lambda: any(2 <= len(h) < 6 for h in results(experiment).values()), 300, "two epochs", driver)
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: Ray's own processes are left as a crash leaves them
