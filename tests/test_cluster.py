@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import PYTHON, REPO
@@ -23,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_start(*args: str, log: Path) -> int:
+def ray_start(*args: str, log: Path, cpus: int = 1) -> int:
     """`ray start` in a session of its own; the daemons it leaves behind stay in that process group."""
-    proc = subprocess.Popen([RAY, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+    proc = subprocess.Popen([RAY, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
                              "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
                             env=ray_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
@@ -73,3 +74,35 @@ def test_job_submit_without_the_token_is_refused(tmp_path, two_nodes):
                             capture_output=True, text=True, timeout=120)
     assert submit.returncode != 0
     assert "auth" in (submit.stdout + submit.stderr).lower()
+
+
+def test_fractional_gpus_place_four_trials_on_one_device(tmp_path):
+    """A node that declares one GPU (Ray's resource; none is needed to schedule on it) and six trials of
+    resources.gpu 0.25 with CPUs to spare: four at a time, all on GPU 0. The trials replay a table whose epochs
+    sleep 8 s, so that they overlap although their workers start seconds apart on 2 cores."""
+    table = tmp_path / "curves.csv.gz"
+    pd.DataFrame([{"mi.lambda_mi": 1.0, "seed": seed, "epoch": epoch, "step": epoch, "mi_lower_bound": 0.1 * epoch,
+                   "kl_categorical": 0.1, "seconds": 1.0} for seed in range(6) for epoch in (1, 2, 3)]
+                 ).to_csv(table, index=False)
+    study = tiny_study(tmp_path, "gpu", replay={"table": str(table), "time_scale": 8.0}, mi={"lambda_mi": 1.0},
+                       search__metric="mi_lower_bound", search__space={}, search__replicates=6,
+                       search__num_samples=1, search__max_concurrent=None, search__scheduler__name="none",
+                       resources={"cpu": 0.5, "gpu": 0.25}, tracking={"enabled": False})
+    gcs, short = free_port(), Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+    head = ray_start("--head", "--port", str(gcs), "--num-gpus", "1", "--include-dashboard", "false",
+                     "--temp-dir", str(short / "head"), log=tmp_path / "head.log", cpus=8)
+    try:
+        done = subprocess.run([PYTHON, "-m", "vmistudy.run", str(study), "--address", f"127.0.0.1:{gcs}"], cwd=REPO,
+                              env=ray_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        stop_group(head)
+        shutil.rmtree(short, ignore_errors=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    trials = results(tmp_path / "results" / "gpu")
+    assert len(trials) == 6 and all(h[-1]["epoch"] == 3 for h in trials.values())
+    assert {r["gpu_ids"] for h in trials.values() for r in h} == {"0"}
+    # when each trial certainly ran: from a second after its first epoch began to a second before its last ended
+    # (Tune's timestamps are whole seconds)
+    spans = [(h[0]["timestamp"] - h[0]["time_this_iter_s"] + 1, h[-1]["timestamp"] - 1) for h in trials.values()]
+    most = max(sum(begin <= t <= end for begin, end in spans) for t, _ in spans)
+    assert most == 4, spans

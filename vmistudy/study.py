@@ -275,6 +275,7 @@ class _Trial:
     runs: list[TrialTracker]
     bundled: bool
     node: str
+    gpus: str  # the ids of the GPUs Ray gave the trial, "0,1"; a fraction of one (resources.gpu < 1) shares it
     state_path: str
 
     @classmethod
@@ -289,7 +290,7 @@ class _Trial:
         runs = [tracker.trial(tag, run_name, spec, node, earlier) for spec, (tag, run_name, earlier) in
                 zip(members, _member_runs(study.search, context.get_trial_id(), name, marker.get("owners", [])))]
         return cls(members, [is_twin(c, study.search) for c in configs], runs, study.search.bundle, node,
-                   layout.trial_state_path(study, name))
+                   ",".join(map(str, ray.get_gpu_ids())), layout.trial_state_path(study, name))
 
     @property
     def spec(self) -> StudySpec:
@@ -306,7 +307,7 @@ class _Trial:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes(self.state_path, buffer.getvalue())
-        metrics = {**self._result(members), "node_id": self.node, RUN_ID: [run.run_id for run in self.runs],
+        metrics = {**self._result(members), "node_id": self.node, "gpu_ids": self.gpus, RUN_ID: [run.run_id for run in self.runs],
                    KEPT: sum(run.kept for run in self.runs)}
         if metrics["epoch"] < self.spec.train.epochs or tune.get_checkpoint():
             # a trial Tune restored from its last-epoch checkpoint reports that epoch again without a new one: with
