@@ -28,19 +28,25 @@ REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.05
 
 
-def measure(study: Path, overrides: list[str], spec: config.StudySpec) -> dict:
-    cores = os.cpu_count()
-    concurrent = min(spec.search.max_concurrent or cores, int(cores / spec.resources.cpu))
+def run_study(study: Path, overrides: list[str], name: str) -> tuple[float, list[dict]]:
+    """`python -m vmistudy.run STUDY` with a fresh name and storage under a temporary folder: its wall seconds
+    and every Tune result it left (each trial's result.json lines)."""
     with tempfile.TemporaryDirectory() as storage:
-        sets = [*overrides, f"search.storage={storage}", f"name=overhead-{int(time.time())}"]
+        sets = [*overrides, f"search.storage={storage}", f"name={name}-{int(time.time())}"]
         args = [sys.executable, "-m", "vmistudy.run", str(study), *(a for s in sets for a in ("--set", s))]
         start = time.perf_counter()
         done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"error: {study}: the study failed ({done.returncode}):\n{done.stdout[-3000:]}")
-        rows = [json.loads(line) for path in Path(storage).glob("*/*/result.json")
-                for line in path.read_text().splitlines()]
+        return wall, [json.loads(line) for path in Path(storage).glob("*/*/result.json")
+                      for line in path.read_text().splitlines()]
+
+
+def measure(study: Path, overrides: list[str], spec: config.StudySpec) -> dict:
+    cores = os.cpu_count()
+    concurrent = min(spec.search.max_concurrent or cores, int(cores / spec.resources.cpu))
+    wall, rows = run_study(study, overrides, "overhead")
     training = sum(r["epoch_seconds"] for r in rows)
     in_trials = sum(r["time_this_iter_s"] for r in rows)
     return {"study": study.name, "trials": len({r["trial_id"] for r in rows}), "epochs": len(rows),
