@@ -41,8 +41,8 @@ def models(rows: list[dict], spec) -> dict[tuple, dict]:
 @command
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m benchmarks.bundle_study", description=__doc__.split("\n\n")[0],
-                            examples=["python -m benchmarks.bundle_study                 # studies/quick.yaml",
-                                      "python -m benchmarks.bundle_study studies/quick.yaml --set search.num_samples=4"])
+                            examples=["python -m benchmarks.bundle_study      # studies/quick.yaml",
+                                      "python -m benchmarks.bundle_study studies/quick.yaml --set train.epochs=3"])
     parser.add_argument("study", nargs="?", type=Path, default=REPO / "studies" / "quick.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to both runs")
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -195,7 +195,8 @@ def member_rows(config: dict, result: dict, search: SearchSpec) -> list[dict]:
             for m, c in enumerate(member_configs(config, search))]
 
 
-def _member_runs(search: SearchSpec, trial_id: str, name: str, earlier_ids=()) -> list[tuple[str, str, list[str]]]:
+def _member_runs(search: SearchSpec, trial_id: str, name: str, earlier_ids: Sequence[str] = ()
+                 ) -> list[tuple[str, str, list[str]]]:
     """Each member's MLflow run as the tracker knows it: (trial id tag, run name, the tags of the lost trials
     whose run it took over). A bundle's member m is `<id>-m`, named `<name>/member_m`: its kept calls are in the
     trial's folder's member_m/."""
@@ -206,7 +207,7 @@ def _member_runs(search: SearchSpec, trial_id: str, name: str, earlier_ids=()) -
 
 
 def _end_runs(tracker: StudyTracker | NullStudyTracker, search: SearchSpec, trial_id: str, name: str, status: str,
-              run_ids: list | None = None, earlier_ids=()) -> None:
+              run_ids: list | None = None, earlier_ids: Sequence[str] = ()) -> None:
     """End the MLflow runs of a Tune trial's members (by their ids, where the trial reported them)."""
     run_ids = run_ids or []
     for m, (tag, run_name, earlier) in enumerate(_member_runs(search, trial_id, name, earlier_ids)):
@@ -307,8 +308,8 @@ class _Trial:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes(self.state_path, buffer.getvalue())
-        metrics = {**self._result(members), "node_id": self.node, "gpu_ids": self.gpus, RUN_ID: [run.run_id for run in self.runs],
-                   KEPT: sum(run.kept for run in self.runs)}
+        metrics = {**self._result(members), "node_id": self.node, "gpu_ids": self.gpus,
+                   RUN_ID: [run.run_id for run in self.runs], KEPT: sum(run.kept for run in self.runs)}
         if metrics["epoch"] < self.spec.train.epochs or tune.get_checkpoint():
             # a trial Tune restored from its last-epoch checkpoint reports that epoch again without a new one: with
             # one checkpoint kept, Tune would delete the one its saved experiment state names
