@@ -134,6 +134,7 @@ class Bundle:
         self.q_opt = torch.optim.Adam(self.q_leaves.values(), lr=train.q_lr, fused=True)
         self.vae_opt.load_state_dict(stack_adam([t.vae_opt.state_dict() for t in members]))
         self.q_opt.load_state_dict(stack_adam([t.q_opt.state_dict() for t in members]))
+        self.written = dict.fromkeys(range(len(members)), self.step)  # member: the step its trainer holds
 
     @classmethod
     def fresh(cls, recipes: list[Recipe], data: datasets.ImageData) -> Bundle:
@@ -250,14 +251,18 @@ class Bundle:
 
     def member(self, m: int) -> Trainer:
         """Member m as a solo Trainer, its weights and Adam state written back from the bundle: to evaluate,
-        checkpoint, or go on training alone."""
+        checkpoint, or go on training alone. Written once per step: an epoch's end evaluates each member, then
+        the study checkpoints them."""
         trainer = self.members[m]
+        if self.written[m] == self.step:
+            return trainer
         with torch.no_grad():
             for module, leaves in ((trainer.vae, self.vae_leaves), (trainer.q, self.q_leaves)):
                 for name, parameter in module.named_parameters():
                     parameter.copy_(unstack(leaves[name], m))
         trainer.vae_opt.load_state_dict(unstack_adam(self.vae_opt.state_dict(), m))
         trainer.q_opt.load_state_dict(unstack_adam(self.q_opt.state_dict(), m))
+        self.written[m] = self.step
         return trainer
 
     def state_dicts(self) -> list[dict]:
