@@ -184,6 +184,8 @@ def test_members_of_one_configuration_only():
                      data)
     with pytest.raises(InputError, match=r"model\.backbone: a bundle trains mlp members only, got 'conv'"):
         Bundle.fresh([make_spec(model={"backbone": "conv"}).recipe], data)
+    with pytest.raises(InputError, match=r"mi\.invariance\.weight: a bundle does not train the invariance term"):
+        Bundle.fresh([make_spec(mi={"invariance": {"weight": 1.0}}).recipe], data)
     with pytest.raises(InputError, match="no members"):
         Bundle.fresh([], data)
     ahead, behind = Trainer(make_spec().recipe, data), Trainer(make_spec(train={"seed": 1}).recipe, data)

@@ -154,3 +154,51 @@ def test_image_data_to_device_keeps_everything():
     images = datasets.load(_spec(name="synthetic", train_size=20, test_size=10))
     moved = images.to(torch.device("cpu"))
     assert torch.equal(moved.train_images, images.train_images) and torch.equal(moved.test_labels, images.test_labels)
+
+
+def _centre_of_mass(images: torch.Tensor) -> torch.Tensor:
+    """[n, 2] (row, column) in pixels of each [1, H, W] image."""
+    h, w = images.shape[-2:]
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=images.dtype), torch.arange(w, dtype=images.dtype),
+                                indexing="ij")
+    mass = images.sum((1, 2, 3))
+    return torch.stack([(images[:, 0] * rows).sum((1, 2)), (images[:, 0] * cols).sum((1, 2))], 1) / mass[:, None]
+
+
+def _blobs(n: int, size: int = 28) -> torch.Tensor:
+    x = torch.zeros(n, 1, size, size)
+    x[:, :, 11:17, 11:17] = 1.0  # a 6x6 square around the centre (13.5, 13.5)
+    return x
+
+
+def test_random_affine_without_a_range_leaves_images_as_they_are():
+    x = torch.rand(5, 1, 28, 28)
+    assert torch.allclose(datasets.random_affine(x, 0, 0, 0, torch.Generator().manual_seed(0)), x, atol=1e-4)
+
+
+def test_random_affine_shifts_within_its_range_and_each_image_its_own_way():
+    moved = datasets.random_affine(_blobs(200), rotate=0, translate=0.2, scale=0,
+                                   generator=torch.Generator().manual_seed(0))
+    shift = _centre_of_mass(moved) - 13.5
+    assert shift.abs().max() <= 0.2 * 28 + 0.5
+    assert shift.abs().max() > 0.15 * 28  # the range is used, not just a corner of it
+    assert len({tuple(s) for s in shift.round(decimals=2).tolist()}) == 200
+
+
+def test_random_affine_rotates_and_zooms_about_the_centre():
+    generator = torch.Generator().manual_seed(1)
+    bars = torch.zeros(100, 1, 28, 28)
+    bars[:, :, 13:15, 4:24] = 1.0  # a horizontal bar through the centre
+    turned = datasets.random_affine(bars, rotate=90, translate=0, scale=0, generator=generator)
+    assert (_centre_of_mass(turned) - 13.5).abs().max() < 0.5
+    upright = turned[:, 0, :, 13:15].sum((1, 2)) / turned.sum((1, 2, 3))  # the share of mass in the middle columns
+    assert upright.max() > 0.5 and upright.min() < 0.2  # some bars turned near vertical, some stayed near flat
+    zoomed = datasets.random_affine(_blobs(100), rotate=0, translate=0, scale=0.3, generator=generator)
+    area = zoomed.sum((1, 2, 3)) / 36
+    assert 0.7 ** 2 - 0.05 <= area.min() < 0.9 and 1.1 < area.max() <= 1.3 ** 2 + 0.05
+
+
+def test_random_affine_follows_the_generator():
+    x = torch.rand(8, 1, 28, 28)
+    draw = [datasets.random_affine(x, 15, 0.1, 0.1, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
 
-from conftest import make_spec
+from conftest import make_spec, state_equal
 from vmistudy import config
 from vmistudy import data as datasets
 from vmistudy.latents import DiagonalGaussian, GumbelSoftmax, mixture_entropy_lower_bound, standard_normal_entropy
 from vmistudy.networks import Forward, Posterior, QNetwork, mean_image
-from vmistudy.objective import (capacity, elbo_terms, mi_lower_bound, mi_targets, reconstruction_nll,
-                                target_entropy, temperature)
+from vmistudy.objective import (capacity, elbo_terms, invariance_mi, mi_lower_bound, mi_targets,
+                                reconstruction_nll, target_entropy, temperature)
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
 
@@ -334,7 +334,13 @@ def _hand_step(spec, vae, q, x, lambda_mi):
     assert all(p.grad is None for p in vae_params)  # the Q step leaves the VAE untouched
     loss = elbo_terms(out, x, spec.model).loss(spec.train, step=0)
     if lambda_mi:
-        loss = loss - lambda_mi * mi_lower_bound(q.log_prob(x_tilde, z_hat, c_hat), entropies)
+        mi = mi_lower_bound(q.log_prob(x_tilde, z_hat, c_hat), entropies)
+        invariance = spec.mi.invariance
+        if invariance.weight:  # drawn after the forward's draws, on the same generator
+            copies = datasets.random_affine(x, invariance.rotate, invariance.translate, invariance.scale, rng)
+            mi = mi + invariance.weight * invariance_mi(out.posterior.categorical.probs,
+                                                        vae.encode(copies).categorical.probs)
+        loss = loss - lambda_mi * mi
     grads = torch.autograd.grad(loss, vae_params)
     for p, g in zip(vae_params, grads):
         p.grad = g
@@ -342,9 +348,10 @@ def _hand_step(spec, vae, q, x, lambda_mi):
     return vae, q, q_grads
 
 
-@pytest.mark.parametrize("lambda_mi", [0.0, 3.0])
-def test_train_step_equals_algorithm_1_by_hand(lambda_mi):
-    spec, trainer = _trainer(mi={"lambda_mi": lambda_mi, "gaussian": [1, 3], "categorical": True})
+@pytest.mark.parametrize("lambda_mi, invariance", [(0.0, 0.0), (3.0, 0.0), (3.0, 0.5), (0.0, 0.5)])
+def test_train_step_equals_algorithm_1_by_hand(lambda_mi, invariance):
+    spec, trainer = _trainer(mi={"lambda_mi": lambda_mi, "gaussian": [1, 3], "categorical": True,
+                                 "invariance": {"weight": invariance}})
     x = trainer.images(trainer.data.train_images[:64])
     vae0, q0 = _snapshot(trainer.vae), _snapshot(trainer.q)
     ref_vae, ref_q, q_grads = _hand_step(spec, trainer.vae, trainer.q, x, lambda_mi)
@@ -362,6 +369,18 @@ def test_train_step_equals_algorithm_1_by_hand(lambda_mi):
     # the VAE step's backward must not add the MI gradient into Q's grads
     for name, p in trainer.q.named_parameters():
         assert p.grad is not None and torch.equal(p.grad, q_grads[name]), name
+
+
+def test_invariance_term_changes_the_vae_update_only_with_mi_on():
+    """It is part of the MI term: scaled by lambda_mi, so a lambda_mi = 0 twin trains as without it (same draws)."""
+    runs = {}
+    for lam, weight in ((0.0, 0.0), (0.0, 1.0), (3.0, 0.0), (3.0, 1.0)):
+        _, trainer = _trainer(mi={"lambda_mi": lam, "invariance": {"weight": weight}})
+        for _ in range(2):  # the second step shows that the twin's generator was not drawn on
+            trainer.train_step(trainer.images(trainer.data.train_images[:64]))
+        runs[lam, weight] = _snapshot(trainer.vae)
+    assert state_equal(runs[0.0, 0.0], runs[0.0, 1.0]) == []
+    assert state_equal(runs[3.0, 0.0], runs[3.0, 1.0]) != []
 
 
 def test_lambda_changes_the_vae_update_but_not_the_q_update():
@@ -410,3 +429,32 @@ def test_fresh_q_leaves_the_vae_as_it_found_it():
     for before, model in ((vae, trainer.vae), (q, trainer.q)):
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------------------------- the invariance term
+
+def test_invariance_mi_is_log_k_for_a_code_that_ignores_the_copy_and_fills_every_class():
+    k = 4
+    probs = F.one_hot(torch.arange(40) % k, k).float()
+    assert invariance_mi(probs, probs).item() == pytest.approx(math.log(k), abs=1e-5)
+
+
+def test_invariance_mi_is_zero_when_the_copys_code_is_independent_or_one_class_holds_all():
+    probs = F.one_hot(torch.arange(16) % 4, 4).float()
+    shuffled = F.one_hot(torch.arange(16) // 4, 4).float()  # independent of c: each (c, c') pair once
+    assert invariance_mi(probs, shuffled).item() == pytest.approx(0.0, abs=1e-5)
+    one_class = F.one_hot(torch.zeros(40, dtype=torch.long), 4).float()
+    assert invariance_mi(one_class, one_class).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_invariance_mi_matches_the_mi_of_the_symmetrized_joint():
+    torch.manual_seed(0)
+    logits = torch.randn(50, 5, dtype=torch.float64) * 3
+    p, p_copy = torch.softmax(logits, -1), torch.softmax(logits + torch.randn_like(logits), -1)  # related codes
+    joint = (p[:, :, None] * p_copy[:, None, :]).mean(0)
+    joint = (joint + joint.T) / 2
+    marginal = joint.sum(1)
+    expected = (joint * (joint / (marginal[:, None] * marginal[None, :])).log()).sum()
+    assert expected.item() > 0.3
+    assert invariance_mi(p, p_copy).item() == pytest.approx(expected.item(), rel=1e-9)
+    assert invariance_mi(p, p_copy).item() == pytest.approx(invariance_mi(p_copy, p).item(), rel=1e-12)

@@ -47,6 +47,12 @@ def test_resume_in_process_synthetic(tmp_path, device):
 
 
 @pytest.mark.slow
+def test_resume_in_process_with_the_invariance_term(tmp_path):
+    """The transformed copies are drawn on the sampling generator, which the checkpoint keeps."""
+    _resume_matches_straight_run(make_spec(mi={"lambda_mi": 3.0, "invariance": {"weight": 1.0}}), tmp_path)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_resume_in_process_mnist(tmp_path, mnist_root, device):
     _resume_matches_straight_run(make_spec(MNIST_SMALL, train={"device": device}), tmp_path)

@@ -15,8 +15,8 @@ The members are solo Trainers that the bundle steps instead of letting them step
 what is per member and not vectorized (generators, step and epoch, history, the evaluation path and the
 checkpoint format). `member(m)` writes the stacked weights and Adam state back into member m first, so a
 member can be evaluated, checkpointed, or trained on alone; a bundle of resumed Trainers resumes the bundle.
-Only the mlp backbone: the conv backbone's BatchNorm keeps running statistics that vmap would have to
-update per member in place.
+Only the mlp backbone, and without the invariance term (mi.invariance): the conv backbone's BatchNorm keeps
+running statistics that vmap would have to update per member in place.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def check_members(recipes: list[Recipe]) -> None:
     if recipes[0].model.backbone != "mlp":
         raise InputError(f"model.backbone: a bundle trains mlp members only, got {recipes[0].model.backbone!r} "
                          "(the conv backbone's BatchNorm statistics are not vectorized)")
+    if recipes[0].mi.invariance.weight:
+        raise InputError("mi.invariance.weight: a bundle does not train the invariance term; train solo")
     shared = [_shared(r) for r in recipes]
     for i, other in enumerate(shared[1:], 1):
         if other != shared[0]:

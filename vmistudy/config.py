@@ -150,6 +150,16 @@ class TrainSpec(Section):
                                "convolutions in bf16; weights, optimizer and evaluation stay float32)")
 
 
+class InvarianceSpec(Section):
+    """An option beyond the thesis (docs/RESULTS.md): the MI between the code of an image and the code of a
+    randomly transformed copy, I(c; c') (IIC's objective), added to the MI term with this weight."""
+    weight: float = Field(0.0, ge=0, description="weight of I(c; c') inside the MI term (scaled by lambda_mi "
+                                                 "like the rest of it); 0: the thesis' form, no transformed copy")
+    rotate: float = Field(15.0, ge=0, le=180, description="largest rotation of the copy, degrees")
+    translate: float = Field(0.1, ge=0, le=0.5, description="largest shift of the copy, fraction of the side")
+    scale: float = Field(0.1, ge=0, lt=1, description="largest relative zoom of the copy (1 +- scale)")
+
+
 class MISpec(Section):
     lambda_mi: float = Field(0.0, ge=0, description="weight of the MI regularizer; 0 trains the ELBO alone")
     gaussian: list[StrictInt] = Field(default_factory=list, description="indices of Gaussian dims in c^")
@@ -161,6 +171,7 @@ class MISpec(Section):
     fresh_q_steps: StrictInt = Field(0, ge=0, description="after the last epoch, fit a fresh Q to the frozen VAE "
                                      "for this many Adam steps (thesis eq. 4.8) and report frozen_mi_lower_bound_"
                                      "encoder and _prior; 0: off")
+    invariance: InvarianceSpec = InvarianceSpec()
 
 
 class ParamSpec(Section):
@@ -336,6 +347,9 @@ class StudySpec(Section):
                                  f"log K = {math.log(self.model.categories):.3f} nats, got {capacity.categorical.cap}")
         if self.mi.categorical and self.model.categories is None:
             raise ValueError("mi.categorical: the model has no categorical part (model.categories is null)")
+        if self.mi.invariance.weight > 0 and self.model.categories is None:
+            raise ValueError("mi.invariance.weight: the invariance term compares categorical codes; the model "
+                             "has none (model.categories is null)")
         if not self.mi.gaussian and not self.mi.categorical:
             raise ValueError("mi: no MI target; set mi.categorical: true or list mi.gaussian dims")
         for path in self.search.space if self.search else ():
@@ -362,12 +376,15 @@ class StudySpec(Section):
 
 
 def _check_bundle(spec: StudySpec) -> None:
-    """What search.bundle cannot do: the conv backbone (bundle.py), or a replayed study (it trains nothing)."""
+    """What search.bundle cannot do: the conv backbone, the invariance term (bundle.py), or a replayed study."""
     searched = spec.search.space.get("model.backbone")
     backbones = {spec.model.backbone, *((searched.choice or []) if searched else [])}
     if "conv" in backbones:
         raise ValueError("search.bundle: bundles train the mlp backbone only (the conv backbone's BatchNorm "
                          "statistics are not vectorized); set model.backbone: mlp or search.bundle: false")
+    if spec.mi.invariance.weight or "mi.invariance.weight" in spec.search.space:
+        raise ValueError("search.bundle: bundles do not train the invariance term (mi.invariance.weight); "
+                         "set it to 0 or search.bundle: false")
     if spec.replay.table:
         raise ValueError("search.bundle: a replayed study (replay.table) trains no models to bundle; "
                          "set search.bundle: false")
@@ -583,7 +600,7 @@ def metric_names(spec: StudySpec | Recipe) -> set[str]:
              "recon", "kl_continuous", "kl_categorical", "elbo", "mi_lower_bound"}
     names |= {f"kl_z{i}" for i in range(spec.model.gaussian_dims)}
     if spec.model.categories:
-        names |= {"accuracy_hungarian", "accuracy_majority", "nmi", "accuracy_majority_train"}
+        names |= {"accuracy_hungarian", "accuracy_majority", "nmi", "accuracy_majority_train", "invariance_mi"}
     names |= {"mi_lower_bound_gaussian"} if spec.mi.gaussian else set()
     names |= {"mi_lower_bound_categorical"} if spec.mi.categorical else set()
     return names

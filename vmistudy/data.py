@@ -5,10 +5,12 @@ index into a tensor and one division by 255.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from .config import DataSpec
 from .errors import InputError
@@ -46,6 +48,19 @@ def load(spec: DataSpec) -> ImageData:
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 -> float 0..1 in torch's default float type (float32 unless set): the Bernoulli domain."""
     return images.to(torch.get_default_dtype()).div_(255)
+
+
+def random_affine(x: torch.Tensor, rotate: float, translate: float, scale: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of x [n, C, H, W] rotated by up to +-rotate degrees, zoomed by 1 +- scale and shifted by up to
+    +-translate of its side, independently and uniformly, on `generator`; the outside reads as 0 (background)."""
+    n = len(x)
+    u = torch.rand(n, 4, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    angle, zoom, shift = u[:, 0] * math.radians(rotate), 1 + u[:, 1] * scale, u[:, 2:] * (2 * translate)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # the grid maps output to input: hence 1/zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -4,6 +4,7 @@ ELBO (4.19) = E_q[log p(x|z,c)] - KL(q(z|x)||p(z)) - KL(q(c|x)||p(c)); under the
 z term is E_q(c|x) KL(q(z|x)||p(z|c)).
 MI   (4.9)  = E[log Q(c^|x~)] + H(c^), c^ the chosen code parts, x~ the decoder mean; H(c^) is that of the
 aggregate posterior q(c^) = E_x q(c^|x), taken from below, or the thesis' prior constants (`mi.entropy`).
+Beyond the thesis, `mi.invariance` adds weight * I(c; c') to MI: the code of x against that of a transformed x.
 """
 from __future__ import annotations
 
@@ -114,3 +115,13 @@ def target_entropy(spec: MISpec, posterior: Posterior) -> dict[str, torch.Tensor
 def mi_lower_bound(log_q: dict[str, torch.Tensor], entropies: dict[str, torch.Tensor | float]) -> torch.Tensor:
     """E log Q(c^|x~) + H(c^), summed over target parts: a batch scalar in nats."""
     return sum(log_q[part].mean() + entropies[part] for part in log_q)
+
+
+def invariance_mi(probs: torch.Tensor, probs_copy: torch.Tensor) -> torch.Tensor:
+    """I(c; c') in nats, c the code of an image and c' that of its transformed copy, over the images at hand
+    (IIC's objective): of the joint P(c, c') = mean_x q(c|x) q(c'|x'), symmetrized since which of the two is
+    the copy is arbitrary. It is log K at most, reached when the code ignores the transformation and uses all
+    K categories equally: so it asks both for invariance and for no empty class."""
+    joint = probs.T @ probs_copy / len(probs)
+    joint = (joint + joint.T) / 2
+    return 2 * entropy(joint.sum(1)) - entropy(joint.flatten())

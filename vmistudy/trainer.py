@@ -22,7 +22,7 @@ from . import data as datasets
 from .config import Recipe
 from .metrics import accuracy_majority, cluster_scores, frozen_mi
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
-from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
+from .objective import elbo_terms, invariance_mi, mi_lower_bound, mi_targets, target_entropy, temperature
 
 EVAL_BATCH = 1000
 EVAL_SEED = 2024  # evaluation draws are the same at every epoch: a metric is a function of the weights
@@ -142,6 +142,9 @@ class Trainer:
         if recipe.mi.lambda_mi > 0:
             with autocast(recipe, self.device):
                 mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
+                if recipe.mi.invariance.weight:
+                    copies = self.code_of_copies(x, self.sample_rng)
+                    mi = mi + recipe.mi.invariance.weight * invariance_mi(out.posterior.categorical.probs, copies)
             self._check_finite({"mi_lower_bound": mi})
             loss = loss - recipe.mi.lambda_mi * mi
         self.vae_opt.zero_grad(set_to_none=True)
@@ -150,6 +153,12 @@ class Trainer:
         self.step += 1
         with torch.no_grad():
             return torch.stack([loss, mi_lower_bound(log_q, entropies)])
+
+    def code_of_copies(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """q(c'|x'), x' a copy of each image of x transformed at random as mi.invariance says."""
+        spec = self.recipe.mi.invariance
+        copies = datasets.random_affine(x, spec.rotate, spec.translate, spec.scale, generator)
+        return self.vae.encode(copies).categorical.probs
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         """Stop before an optimizer step spreads a NaN or inf into the weights, naming the term (one sync)."""
@@ -211,8 +220,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Test-split metrics, per image, nats; accuracy/NMI of argmax q(c|x) against the labels."""
         rng = torch.Generator(self.device).manual_seed(EVAL_SEED)
+        copies_rng = torch.Generator(self.device).manual_seed(EVAL_SEED + 1)  # apart: the other draws stay as they were
         sums: dict[str, torch.Tensor] = {}
-        posteriors, n = [], len(self.data.test_images)
+        posteriors, copies, n = [], [], len(self.data.test_images)
 
         def add(name: str, value: torch.Tensor) -> None:
             sums[name] = sums.get(name, 0) + value.sum(0)
@@ -230,6 +240,8 @@ class Trainer:
                 for part, log_q in self.q.log_prob(mean_image(out.logits), *targets).items():
                     add(f"log_q_{part}", log_q)
                 posteriors.append(out.posterior)
+                if self.vae.k:
+                    copies.append(self.code_of_copies(x, copies_rng))
             purity = {"accuracy_majority_train": self.train_purity()} if self.vae.k else {}
 
         means = {k: v / n for k, v in sums.items()}
@@ -241,7 +253,8 @@ class Trainer:
         bounds = {f"mi_lower_bound_{p}": means[f"log_q_{p}"].item() + float(h) for p, h in entropies.items()}
         metrics.update(bounds, mi_lower_bound=sum(bounds.values()))
         if posterior.categorical:
-            metrics.update(cluster_scores(self.data.test_labels, posterior.categorical.probs.argmax(-1)), **purity)
+            metrics.update(cluster_scores(self.data.test_labels, posterior.categorical.probs.argmax(-1)), **purity,
+                           invariance_mi=invariance_mi(posterior.categorical.probs, torch.cat(copies)).item())
         return metrics
 
     def frozen_mi_lower_bounds(self) -> dict[str, float]:
