@@ -164,6 +164,7 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     # the study's metric reads the labels, so the label-free pick is printed beside it
     assert "- by accuracy_hungarian (max, mean over seeds, among lambda_mi > 0; uses the labels)" in text
     assert "- by mi_lower_bound_categorical (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
+    assert "- by invariance_mi (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
     # the trials' eq. 4.8 bounds (mi.fresh_q_steps) reach the tables, each twin's beside its run
     assert "frozen_mi_lower_bound_prior (twin)" in text
     assert "- lambda 5: frozen_mi_lower_bound_prior difference, mean +- 95% CI over seeds" in text

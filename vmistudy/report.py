@@ -31,9 +31,10 @@ CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
          "kl_categorical", "elbo")
 SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bound", "mi_lower_bound_categorical",
-           "frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior", "elbo")
+           "invariance_mi", "frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior", "elbo")
 LABELED = ("accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi")  # metrics that read labels
-LABEL_FREE = "mi_lower_bound_categorical"  # the pick that uses no labels: the most informative categorical code
+# the picks that use no labels: the most informative categorical code, the code most stable under transformations
+LABEL_FREE = ("mi_lower_bound_categorical", "invariance_mi")
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 # What the figures show of a large study (each costs MLflow calls, and more lines make a plot unreadable):
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
@@ -114,7 +115,7 @@ def _picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     mi_models = (table.lambda_mi > 0).any()  # the twins are the comparison, not candidates
     candidates = table[table.lambda_mi > 0] if mi_models else table
     among = ", among lambda_mi > 0" if mi_models else ""
-    chosen = {metric: mode} | ({LABEL_FREE: "max"} if metric in LABELED and f"_{LABEL_FREE}" in table else {})
+    chosen = {metric: mode} | {name: "max" for name in LABEL_FREE if metric in LABELED and f"_{name}" in table}
     lines = []
     for name, how in chosen.items():
         best = candidates.sort_values(f"_{name}", ascending=how == "min").iloc[0]
