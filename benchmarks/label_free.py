@@ -5,7 +5,7 @@
 Two questions of Results II, answered from every configuration's final epoch at each of the table's seeds:
 
   restarts        Train a configuration at every seed and keep the run a label-free score prefers (the
-                  categorical MI bound; the ELBO). Against the mean seed, what does it gain, and how much of
+                  categorical MI bound; the ELBO; the code's invariance, where the table has it). Against the mean seed, what does it gain, and how much of
                   the seed lottery (the best seed, chosen with labels) does it recover? Paired per
                   configuration: mean difference +- 95% t interval, lambda_mi > 0 and = 0 apart.
   configurations  The configuration a label-free score picks (its mean over seeds, among lambda_mi > 0)
@@ -26,23 +26,30 @@ from vmistudy.errors import InputError
 from vmistudy.report import t_half_width
 
 TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "curves.csv.gz"
-SCORES = {"mi_lower_bound_categorical": "the categorical MI bound", "elbo": "the ELBO"}  # higher is better
+SCORES = {"mi_lower_bound_categorical": "the categorical MI bound", "elbo": "the ELBO",  # higher is better
+          "invariance_mi": "the code's invariance I(c; c')"}  # tables made before it was a metric lack it
 GOAL = 0.02  # the label-free pick within 2 points of the labelled one
+
+
+def scores(table: replay.CurveTable) -> dict[str, str]:
+    """The label-free scores the table holds."""
+    return {name: said for name, said in SCORES.items() if name in table.metrics}
 
 
 def finals(table: replay.CurveTable, metric: str) -> dict[tuple, dict[str, np.ndarray]]:
     """Per configuration point: the metric and each label-free score at the last epoch, one entry per seed."""
-    names = [metric, *SCORES]
+    names = [metric, *scores(table)]
     return {point: {n: np.array([table.curves[point][s][-1][n] for s in table.seeds]) for n in names}
             for point in table.points}
 
 
 def restarts(runs: dict[tuple, dict[str, np.ndarray]], metric: str) -> dict[str, np.ndarray]:
     """Per configuration, the metric of the seed each score keeps, and of the best seed, minus the mean seed's."""
-    gains = {score: [] for score in [*SCORES, "best seed (labels)"]}
+    held = [score for score in SCORES if score in next(iter(runs.values()))]
+    gains = {score: [] for score in [*held, "best seed (labels)"]}
     for values in runs.values():
         mean = values[metric].mean()
-        for score in SCORES:
+        for score in held:
             gains[score].append(values[metric][values[score].argmax()] - mean)
         gains["best seed (labels)"].append(values[metric].max() - mean)
     return {k: np.array(v) for k, v in gains.items()}
@@ -78,7 +85,7 @@ def print_picks(table: replay.CurveTable, runs: dict, metric: str) -> None:
     means = {p: {k: v.mean() for k, v in values.items()} for p, values in candidates.items()}
     labelled = max(means, key=lambda p: means[p][metric])
     print(f"configurations: the labels pick {describe(table, labelled)}: {metric} {means[labelled][metric]:.4f}")
-    for score, name in SCORES.items():
+    for score, name in scores(table).items():
         pick = max(means, key=lambda p: means[p][score])
         gap = means[labelled][metric] - means[pick][metric]
         print(f"  {name} picks {describe(table, pick)}: {metric} {means[pick][metric]:.4f}, "
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.table.is_file():
         raise InputError(f"--table {args.table}: no such file; write it with python -m benchmarks.curves")
     table = replay.read(str(args.table.resolve()))
-    missing = [m for m in (args.metric, *SCORES) if m not in table.metrics]
+    missing = [m for m in (args.metric, "mi_lower_bound_categorical", "elbo") if m not in table.metrics]
     if missing:
         raise InputError(f"--metric: the table has no {missing[0]} column (it has {', '.join(table.metrics)})")
     if len(table.seeds) < 2:

@@ -71,3 +71,18 @@ def test_one_seed_per_configuration_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         label_free.main(["--table", str(path)])
     assert exited.value.code == 2 and "restarts need two or more" in capsys.readouterr().err
+
+
+def test_a_table_with_the_invariance_metric_scores_it_too(tmp_path, capsys):
+    frame = table(ROWS)
+    # the invariance score keeps the seed the labels keep, and picks the labels' configuration
+    frame["invariance_mi"] = frame["accuracy_hungarian"] * 2
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    label_free.main(["--table", str(path)])
+    out = capsys.readouterr().out
+    assert "the code's invariance I(c; c')" in out
+    assert "the code's invariance I(c; c') picks lambda_mi=1 cap=2: accuracy_hungarian 0.5000, 0.0 points below " \
+           "(goal 2: met)" in out
+    gains = label_free.restarts(label_free.finals(replay.CurveTable(frame), "accuracy_hungarian"), "accuracy_hungarian")
+    assert gains["invariance_mi"] == pytest.approx(gains["best seed (labels)"])
