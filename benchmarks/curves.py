@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{spec.search.metric} {record['epochs'][-1][spec.search.metric]:.4f}; "
                   f"eta {elapsed / i * (len(todo) - i) / 60:.0f} min", flush=True)
     table = pack(list(finished.values()), runs, args.out / TABLE)
-    meta = {"command": f"python -m benchmarks.curves {args.study} --workers {args.workers}",
+    meta = {"command": f"python -m benchmarks.curves {args.study} --workers {args.workers} --out {args.out}",
             "study": spec.model_dump(mode="json"), "runs": len(runs), "rows": len(table),
             "budget": {"configurations": len(runs) // spec.search.replicates, "seeds": spec.search.replicates,
                        "epochs": spec.train.epochs, "train_images": spec.data.subset,
