@@ -36,3 +36,23 @@ def test_best_mnist_study_reruns_on_a_small_budget(tmp_path, mnist_root):
     assert all(r["kl_continuous"] < reached + 0.5 for r in final.values())
     # and the categorical code carries the information instead (chance: accuracy 0.1, MI 0)
     assert with_mi["mi_lower_bound"] > 1.0 and with_mi["accuracy_hungarian"] > 0.3
+
+
+def test_invariance_study_reruns_and_its_arms_share_their_twins(tmp_path, mnist_root):
+    """studies/invariance_mnist.yaml on a small budget: the twins of the two arms are one run twice (a lambda_mi = 0
+    twin trains as without the invariance term), and the term makes the code more invariant than its twin's."""
+    source = REPO / "studies" / "invariance_mnist.yaml"
+    raw = yaml.safe_load(source.read_text())
+    study = tmp_path / "invariance_mnist.yaml"
+    study.write_text(source.read_text())
+    code, log = run_study(study, "--set", f"search.storage={tmp_path / 'results'}", "--set", "search.replicates=1",
+                          "--set", "data.subset=20000", "--set", "data.test_subset=1000", "--set", "train.epochs=2",
+                          "--set", "tracking.enabled=false", log=tmp_path / "run.log")
+    assert code == 0, log[-3000:]
+    final = {(r[-1]["lambda_mi"], r[-1]["config"]["mi.invariance.weight"]): r[-1]
+             for r in results(tmp_path / "results" / raw["name"]).values()}
+    assert sorted(final) == [(0.0, 0.0), (0.0, 1.0), (5.0, 0.0), (5.0, 1.0)]
+    shown = ("elbo", "accuracy_hungarian", "mi_lower_bound", "invariance_mi")
+    assert {m: final[0.0, 0.0][m] for m in shown} == {m: final[0.0, 1.0][m] for m in shown}
+    print({key: round(r["invariance_mi"], 3) for key, r in final.items()})
+    assert final[5.0, 1.0]["invariance_mi"] > final[0.0, 1.0]["invariance_mi"] + 0.2
