@@ -5,9 +5,10 @@
 Two questions of Results II, answered from every configuration's final epoch at each of the table's seeds:
 
   restarts        Train a configuration at every seed and keep the run a label-free score prefers (the
-                  categorical MI bound; the ELBO; the code's invariance, where the table has it). Against the mean seed, what does it gain, and how much of
-                  the seed lottery (the best seed, chosen with labels) does it recover? Paired per
-                  configuration: mean difference +- 95% t interval, lambda_mi > 0 and = 0 apart.
+                  categorical MI bound; the ELBO; the code's invariance, where the table has it). Against the
+                  mean seed, what does it gain, and how much of the seed lottery (the best seed, chosen with
+                  labels) does it recover? Paired per configuration: mean difference +- 95% t interval,
+                  lambda_mi > 0 and = 0 apart.
   configurations  The configuration a label-free score picks (its mean over seeds, among lambda_mi > 0)
                   against the one the labels pick: the gap in the metric. Goal: within 2 points.
 
@@ -45,7 +46,7 @@ def finals(table: replay.CurveTable, metric: str) -> dict[tuple, dict[str, np.nd
 
 def restarts(runs: dict[tuple, dict[str, np.ndarray]], metric: str) -> dict[str, np.ndarray]:
     """Per configuration, the metric of the seed each score keeps, and of the best seed, minus the mean seed's."""
-    held = [score for score in SCORES if score in next(iter(runs.values()))]
+    held = [score for score in SCORES if score in next(iter(runs.values()))]  # those finals() found in the table
     gains = {score: [] for score in [*held, "best seed (labels)"]}
     for values in runs.values():
         mean = values[metric].mean()
