@@ -121,3 +121,17 @@ def test_the_report_prints_no_library_noise_unless_verbose(tmp_path):
     loud = run_quietly("vmistudy.report", str(study), "--out", str(tmp_path / "loud"), "--verbose")
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert "Downloading artifacts" in loud.stderr, loud.stderr[-3000:]
+
+
+@pytest.mark.subprocess
+def test_a_command_freezes_the_heap_after_every_other_exit_handler():
+    """The final collection of a command's heap (seconds after a study) is skipped: by the last of the exit
+    handlers, after those registered later (Ray's shutdown), everything left is frozen out of the collector's
+    reach."""
+    script = ("import atexit, gc\n"
+              "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+              "import vmistudy.cli\n"
+              "atexit.register(lambda: print('later', gc.get_freeze_count()))\n")
+    done = subprocess.run([PYTHON, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["later", "0", "frozen", "True"]
