@@ -165,6 +165,8 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     assert "- by accuracy_hungarian (max, mean over seeds, among lambda_mi > 0; uses the labels)" in text
     assert "- by mi_lower_bound_categorical (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
     assert "- by invariance_mi (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
+    # of each configuration's 2 seeds (lambda 5, and the twins), the one the MI bound keeps
+    assert "## Restarts kept without labels" in text and "Over 2 configurations: gain " in text
     # the trials' eq. 4.8 bounds (mi.fresh_q_steps) reach the tables, each twin's beside its run
     assert "frozen_mi_lower_bound_prior (twin)" in text
     assert "- lambda 5: frozen_mi_lower_bound_prior difference, mean +- 95% CI over seeds" in text
@@ -188,3 +190,22 @@ def test_pairs_join_each_run_to_its_twin_of_the_same_configuration_and_seed():
     paired = report._pairs(runs, ["acc"])
     assert list(zip(paired.run, paired.twin)) == [("a", "a0"), ("c", "c0"), ("d", "c0")]  # b's seed has no twin
     assert paired["acc diff"].round(6).tolist() == [0.4, 0.1, -0.2] and paired.twin_id.tolist()[0] == "id-a0"
+
+
+def test_the_restart_kept_is_each_configurations_seed_with_the_highest_mi_bound():
+    from vmistudy import report
+
+    def run(lam, seed, cap, mi, acc):
+        return {"lambda_mi": lam, "seed": seed, "params.mi.lambda_mi": lam, "params.train.seed": seed,
+                "params.cap": cap, "metrics.mi_lower_bound_categorical": mi, "metrics.accuracy_hungarian": acc}
+
+    runs = pd.DataFrame([run(5.0, 0, 2.0, 2.1, 0.6), run(5.0, 1, 2.0, 2.2, 0.9), run(5.0, 2, 2.0, 2.0, 0.3),
+                         run(0.0, 0, 2.0, 1.5, 0.5), run(0.0, 1, 2.0, 1.9, 0.4),
+                         run(5.0, 0, 6.0, 2.0, 0.7)])  # one seed: nothing to choose
+    table = report._restarts(runs)
+    assert table[["cap", "lambda_mi", "seeds", "kept seed"]].values.tolist() == [[2.0, 0.0, 2, 1], [2.0, 5.0, 3, 1]]
+    assert table["gain"].round(6).tolist() == [-0.05, 0.3] and table["rank correlation"].round(6).tolist() == [-1, 1]
+    text = "\n".join(report._restarts_section(runs))
+    assert "Over 2 configurations: gain +0.1250 on average, positive in 1, rank correlation +0.00 on average" in text
+    assert report._restarts(runs.drop(columns="metrics.mi_lower_bound_categorical")).empty
+
