@@ -9,6 +9,9 @@ Two questions of Results II, answered from every configuration's final epoch at 
                   mean seed, what does it gain, and how much of the seed lottery (the best seed, chosen with
                   labels) does it recover? Paired per configuration: mean difference +- 95% t interval,
                   lambda_mi > 0 and = 0 apart.
+  early restarts  Train every seed only to epoch k, keep the one the categorical MI bound prefers there, train
+                  it on: its final metric against the mean seed's, for each k, beside what it costs in
+                  trial-epochs (seeds x k + the rest of one run) against restarts trained to the end.
   configurations  The configuration a label-free score picks (its mean over seeds, among lambda_mi > 0)
                   against the one the labels pick: the gap in the metric. Goal: within 2 points.
 
@@ -81,6 +84,34 @@ def print_restarts(table: replay.CurveTable, runs: dict, metric: str) -> None:
                   f"{(gain > 0).mean():.0%}")
 
 
+def early_restarts(table: replay.CurveTable, metric: str) -> dict[tuple, np.ndarray]:
+    """Per configuration point, for each epoch k: the final metric of the seed the categorical MI bound prefers
+    at epoch k, minus the mean seed's."""
+    gains = {}
+    for point, by_seed in table.curves.items():
+        curves = [by_seed[seed] for seed in table.seeds]
+        final = np.array([curve[-1][metric] for curve in curves])
+        bound = np.array([[row["mi_lower_bound_categorical"] for row in curve] for curve in curves])  # seeds x epochs
+        gains[point] = final[bound.argmax(0)] - final.mean()
+    return gains
+
+
+def print_early_restarts(table: replay.CurveTable, metric: str) -> None:
+    seeds, epochs = len(table.seeds), min(len(c) for by_seed in table.curves.values() for c in by_seed.values())
+    print(f"early restarts: {seeds} seeds to epoch k, the one the categorical MI bound prefers then trained to epoch "
+          f"{epochs}; its final {metric} against the mean seed")
+    for name, chosen in groups(table, early_restarts(table, metric)).items():
+        if len(chosen) < 2:
+            continue
+        gains = np.array([gain[:epochs] for gain in chosen.values()])  # configurations x epochs
+        final = gains[:, -1]
+        print(f"  {name} ({len(chosen)} configurations):")
+        for k in range(1, epochs + 1):
+            same = (gains[:, k - 1] == final).mean()
+            print(f"    epoch {k:2d}: {interval(gains[:, k - 1])}; {seeds * k + epochs - k} trial-epochs of "
+                  f"{seeds * epochs}; the same final metric as the last epoch's pick in {same:.0%}")
+
+
 def print_picks(table: replay.CurveTable, runs: dict, metric: str) -> None:
     candidates = groups(table, runs).get("lambda_mi > 0") or runs  # the twins are the comparison, not candidates
     means = {p: {k: v.mean() for k, v in values.items()} for p, values in candidates.items()}
@@ -116,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"--table {args.table}: one seed per configuration; restarts need two or more")
     runs = finals(table, args.metric)
     print_restarts(table, runs, args.metric)
+    print_early_restarts(table, args.metric)
     print_picks(table, runs, args.metric)
 
 

@@ -34,6 +34,24 @@ def test_restarts_keep_the_seed_each_score_prefers_and_compare_it_with_the_mean_
     assert gains["best seed (labels)"] == pytest.approx([0.10, 0.0, 0.10])
 
 
+def test_early_restarts_keep_the_seed_the_bound_prefers_at_each_epoch_and_score_its_final_accuracy(tmp_path, capsys):
+    curves = replay.CurveTable(table(ROWS))
+    gains = label_free.early_restarts(curves, "accuracy_hungarian")
+    # epoch 1's bound is the decoy, reversed: it keeps the seed with the lowest final bound
+    assert gains[(1.0, 2.0)] == pytest.approx([0.40 - 0.50, 0.60 - 0.50])
+    assert gains[(3.0, 2.0)] == pytest.approx([0.0, 0.0])
+    assert gains[(0.0, 2.0)] == pytest.approx([0.0, 0.20 - 0.30])
+    path = tmp_path / "t.csv"
+    table(ROWS).to_csv(path, index=False)
+    label_free.main(["--table", str(path)])
+    out = capsys.readouterr().out
+    assert "early restarts: 3 seeds to epoch k, the one the categorical MI bound prefers then trained to epoch 2" in out
+    assert "epoch  1: -5.00 +- 63.53 points; 4 trial-epochs of 6; the same final metric as the last epoch's pick " \
+           "in 50%" in out
+    assert "epoch  2: +5.00 +- 63.53 points; 6 trial-epochs of 6; the same final metric as the last epoch's pick " \
+           "in 100%" in out
+
+
 def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misses(tmp_path, capsys):
     path = tmp_path / "t.csv"
     table(ROWS).to_csv(path, index=False)
@@ -52,7 +70,8 @@ def test_a_table_without_lambda_mi_is_one_group(tmp_path, capsys):
         .assign(**{"train.beta": lambda f: f.index // 6}).to_csv(path, index=False)  # 3 configurations
     label_free.main(["--table", str(path)])
     out = capsys.readouterr().out
-    assert out.count("configurations):") == 1 and "all configurations (3 configurations)" in out
+    # one group under each of the two restart questions
+    assert out.count("configurations):") == 2 == out.count("all configurations (3 configurations):")
     assert "lambda_mi" not in out and "the labels pick beta=0: accuracy_hungarian 0.5000" in out
 
 
