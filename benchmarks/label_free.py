@@ -1,6 +1,6 @@
 """Choosing without labels, measured on a learning-curve table: restarts and configurations.
 
-    python -m benchmarks.label_free [--table benchmarks/curves/curves.csv.gz] [--metric accuracy_hungarian]
+    python -m benchmarks.label_free [--table benchmarks/curves/curves.csv.gz | --study STUDY.yaml] [--metric M]
 
 Two questions of Results II, answered from every configuration's final epoch at each of the table's seeds:
 
@@ -16,7 +16,8 @@ Two questions of Results II, answered from every configuration's final epoch at 
                   against the one the labels pick: the gap in the metric. Goal: within 2 points.
 
 The table's runs are short (benchmarks.curves: MNIST subset, 15 epochs, mlp), so this measures the rule on
-that regime; it costs seconds and trains nothing.
+that regime; it costs seconds and trains nothing. `--study` asks the same of a study that has run, its trials
+read back from MLflow as a table (their per-epoch histories): real runs of any length, as few as it has.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vmistudy import replay
-from vmistudy.cli import ArgumentParser, command
+import pandas as pd
+
+from vmistudy import layout, replay, report, tracking
+from vmistudy.cli import ArgumentParser, command, load_study
 from vmistudy.errors import InputError
 from vmistudy.report import t_half_width
 
@@ -33,6 +36,24 @@ TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "curves.
 SCORES = {"mi_lower_bound_categorical": "the categorical MI bound", "elbo": "the ELBO",  # higher is better
           "invariance_mi": "the code's invariance I(c; c')"}  # tables made before it was a metric lack it
 GOAL = 0.02  # the label-free pick within 2 points of the labelled one
+
+
+def study_table(study: str, metric: str) -> replay.CurveTable:
+    """A study's trials as a learning-curve table: the fields its configurations vary, lambda_mi, seed, epoch, and
+    per epoch the metric and the label-free scores, from each trial's MLflow history."""
+    spec = load_study(study, [], service=True)
+    storage = layout.storage_path(spec)
+    report.check_store(spec, storage, study)
+    tracker = tracking.find_study(spec, storage)
+    runs = report.trial_runs(tracker)
+    fields = [*report.configuration_columns(runs), "params.mi.lambda_mi"]
+    names = [m for m in (metric, *SCORES) if f"metrics.{m}" in runs]
+    records = []
+    for _, run in runs.iterrows():
+        history = {m: {p.step: p.value for p in tracker.client.get_metric_history(run.run_id, m)} for m in names}
+        records += [{**{f.removeprefix("params."): run[f] for f in fields}, "seed": run.seed, "epoch": epoch,
+                     **{m: history[m].get(epoch, np.nan) for m in names}} for epoch in sorted(history[names[0]])]
+    return replay.CurveTable(pd.DataFrame.from_records(records), source=study)
 
 
 def scores(table: replay.CurveTable) -> dict[str, str]:
@@ -80,7 +101,7 @@ def print_restarts(table: replay.CurveTable, runs: dict, metric: str) -> None:
         gains = restarts(chosen, metric)
         print(f"  {name} ({len(chosen)} configurations):")
         for score, gain in gains.items():
-            print(f"    {SCORES.get(score, score):<28s}{interval(gain)}; better than the mean seed in "
+            print(f"    {SCORES.get(score, score):<33s}{interval(gain)}; better than the mean seed in "
                   f"{(gain > 0).mean():.0%}")
 
 
@@ -133,13 +154,19 @@ def describe(table: replay.CurveTable, point: tuple) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m benchmarks.label_free", description=__doc__.split("\n\n")[0],
                             examples=["python -m benchmarks.label_free",
+                                      "python -m benchmarks.label_free --study studies/invariance_mnist.yaml",
                                       "python -m benchmarks.label_free --metric nmi"])
-    parser.add_argument("--table", type=Path, default=TABLE)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--table", type=Path, default=TABLE)
+    source.add_argument("--study", help="a study file whose study has run: its MLflow runs instead of a table")
     parser.add_argument("--metric", default="accuracy_hungarian", help="what the labels score (default %(default)s)")
     args = parser.parse_args(argv)
-    if not args.table.is_file():
+    if args.study:
+        table = study_table(args.study, args.metric)
+    elif not args.table.is_file():
         raise InputError(f"--table {args.table}: no such file; write it with python -m benchmarks.curves")
-    table = replay.read(str(args.table.resolve()))
+    else:
+        table = replay.read(str(args.table.resolve()))
     missing = [m for m in (args.metric, "mi_lower_bound_categorical", "elbo") if m not in table.metrics]
     if missing:
         raise InputError(f"--metric: the table has no {missing[0]} column (it has {', '.join(table.metrics)})")

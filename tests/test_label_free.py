@@ -84,6 +84,17 @@ def test_bad_arguments_are_one_line_and_exit_2(args, field, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {field}")
 
 
+def test_a_study_that_has_not_run_is_refused_and_no_store_is_made(tmp_path, capsys):
+    from ray_support import tiny_study
+
+    with pytest.raises(SystemExit) as exited:
+        label_free.main(["--study", str(tiny_study(tmp_path))])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: search.storage: no study has run there")
+    assert not (tmp_path / "results").exists()
+
+
 def test_one_seed_per_configuration_is_refused(tmp_path, capsys):
     path = tmp_path / "t.csv"
     table({k: v[:1] for k, v in ROWS.items()}).to_csv(path, index=False)

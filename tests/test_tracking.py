@@ -167,6 +167,16 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     assert "- by invariance_mi (max, mean over seeds, among lambda_mi > 0; uses no labels)" in text
     # of each configuration's 2 seeds (lambda 5, and the twins), the one the MI bound keeps
     assert "## Restarts kept without labels" in text and "Over 2 configurations: gain " in text
+    # benchmarks.label_free --study reads the same runs back as a learning-curve table, epoch by epoch
+    from benchmarks import label_free
+
+    table = label_free.study_table(str(study), "accuracy_hungarian")
+    assert table.fields == ["mi.lambda_mi"] and table.seeds == [0, 1]
+    read = sorted((lam, seed, [row["accuracy_hungarian"] for row in curve])
+                  for (lam,), by_seed in table.curves.items() for seed, curve in by_seed.items())
+    reported = sorted((rows[0]["lambda_mi"], rows[0]["seed"], [row["accuracy_hungarian"] for row in rows])
+                      for rows in results(tmp_path / "results" / "tiny").values())
+    assert read == reported and len(read) == 4
     # the trials' eq. 4.8 bounds (mi.fresh_q_steps) reach the tables, each twin's beside its run
     assert "frozen_mi_lower_bound_prior (twin)" in text
     assert "- lambda 5: frozen_mi_lower_bound_prior difference, mean +- 95% CI over seeds" in text

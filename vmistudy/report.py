@@ -40,7 +40,8 @@ PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
 
 
-def _trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
+def trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
+    """The study's trial runs (final metrics, params as numbers where they all are), with lambda_mi and seed."""
     mlflow.set_tracking_uri(tracker.uri)
     runs = mlflow.search_runs([tracker.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{tracker.parent_run_id}'")
     for column in [c for c in runs if c.startswith("params.")]:
@@ -52,7 +53,7 @@ def _trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
     return runs
 
 
-def _configuration_columns(runs: pd.DataFrame) -> list[str]:
+def configuration_columns(runs: pd.DataFrame) -> list[str]:
     """Params that differ between runs, other than lambda and seed: what defines a sampled configuration."""
     varying = [c for c in runs if c.startswith("params.") and runs[c].nunique(dropna=False) > 1]
     return [c for c in varying if c not in ("params.mi.lambda_mi", "params.train.seed")]
@@ -60,7 +61,7 @@ def _configuration_columns(runs: pd.DataFrame) -> list[str]:
 
 def _pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Each lambda > 0 run beside its lambda = 0 twin (same configuration, same seed), with the differences."""
-    keys = _configuration_columns(runs) + ["seed"]
+    keys = configuration_columns(runs) + ["seed"]
     shown = ["tags.mlflow.runName", "run_id", *(f"metrics.{m}" for m in metrics)]
     twins = runs[runs.lambda_mi == 0].drop_duplicates(keys)[keys + shown]  # a join, not a lookup per run: 1,000s
     merged = runs[runs.lambda_mi > 0].merge(twins, on=keys, suffixes=("", " (twin)"))
@@ -96,7 +97,7 @@ def t_half_width(values: list[float]) -> float:
 
 def _summary(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Final metrics (the study's and SUMMARY) per configuration and lambda_mi, mean +- std over seeds."""
-    keys = _configuration_columns(runs) + ["lambda_mi"]
+    keys = configuration_columns(runs) + ["lambda_mi"]
     shown = [m for m in dict.fromkeys([metric, *SUMMARY]) if f"metrics.{m}" in runs]
     rows = []
     for key, group in runs.groupby(keys, dropna=False):
@@ -121,7 +122,7 @@ def _restarts(runs: pd.DataFrame) -> pd.DataFrame:
     score, accuracy = "metrics.mi_lower_bound_categorical", "metrics.accuracy_hungarian"
     if not {score, accuracy} <= set(runs):
         return pd.DataFrame()
-    keys = _configuration_columns(runs) + ["lambda_mi"]
+    keys = configuration_columns(runs) + ["lambda_mi"]
     rows = []
     for key, group in runs.dropna(subset=[score, accuracy]).groupby(keys, dropna=False):
         if len(group) > 1:
@@ -244,7 +245,7 @@ def _other_process() -> Executor:
 
 def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> list[str]:
     """The report's parts read from the trials' MLflow runs; prints the best trials."""
-    runs = _trial_runs(tracker)
+    runs = trial_runs(tracker)
     metric = spec.search.metric
     best = _best_trials(runs, metric, spec.search.mode)
     print(best.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -259,7 +260,7 @@ def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out
 
 def _best_trials(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     shown = [m for m in dict.fromkeys([metric, *SHOWN]) if f"metrics.{m}" in runs]
-    table = runs[["tags.mlflow.runName", "status", "seed", "lambda_mi", *_configuration_columns(runs),
+    table = runs[["tags.mlflow.runName", "status", "seed", "lambda_mi", *configuration_columns(runs),
                   *[f"metrics.{m}" for m in shown]]]
     table = table.rename(columns=lambda c: "trial" if c == "tags.mlflow.runName" else
                          c.split(".", 1)[-1] if c.startswith(("metrics.", "params.")) else c)
@@ -362,13 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet(args.verbose)
     spec = load_study(args.study, args.set, service=True)
     storage = layout.storage_path(spec)
-    _check_store(spec, storage, args.study)
+    check_store(spec, storage, args.study)
     out = args.out or Path(layout.experiment_path(spec)) / "report"
     check_writable(out, "--out")
     print(f"report: {write(spec, tracking.find_study(spec, storage), out)}")
 
 
-def _check_store(spec: config.StudySpec, storage: str, study: str) -> None:
+def check_store(spec: config.StudySpec, storage: str, study: str) -> None:
     """A sqlite store must exist: MLflow would create an empty one (and its folders) to find no study in it."""
     uri = tracking.tracking_uri(spec, storage)
     path = uri.removeprefix("sqlite:///")
