@@ -24,10 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
 
-from vmistudy import layout, replay, report, tracking
+from vmistudy import replay, report
 from vmistudy.cli import ArgumentParser, command, load_study
 from vmistudy.errors import InputError
 from vmistudy.report import t_half_width
@@ -41,10 +40,7 @@ GOAL = 0.02  # the label-free pick within 2 points of the labelled one
 def study_table(study: str, metric: str) -> replay.CurveTable:
     """A study's trials as a learning-curve table: the fields its configurations vary, lambda_mi, seed, epoch, and
     per epoch the metric and the label-free scores, from each trial's MLflow history."""
-    spec = load_study(study, [], service=True)
-    storage = layout.storage_path(spec)
-    report.check_store(spec, storage, study)
-    tracker = tracking.find_study(spec, storage)
+    tracker = report.open_study(load_study(study, [], service=True), study)
     runs = report.trial_runs(tracker)
     fields = [*report.configuration_columns(runs), "params.mi.lambda_mi"]
     names = [m for m in (metric, *SCORES) if f"metrics.{m}" in runs]
@@ -54,6 +50,17 @@ def study_table(study: str, metric: str) -> replay.CurveTable:
         records += [{**{f.removeprefix("params."): run[f] for f in fields}, "seed": run.seed, "epoch": epoch,
                      **{m: history[m].get(epoch, np.nan) for m in names}} for epoch in sorted(history[names[0]])]
     return replay.CurveTable(pd.DataFrame.from_records(records), source=study)
+
+
+def check_whole_runs(table: replay.CurveTable, source: str) -> None:
+    """InputError unless every run has the same number of epochs: restarts compare whole runs, and a trial that a
+    scheduler stopped early has no final epoch to compare."""
+    lengths = {(point, seed): len(curve) for point, by_seed in table.curves.items() for seed, curve in by_seed.items()}
+    longest = max(lengths.values())
+    (point, seed), epochs = min(lengths.items(), key=lambda item: item[1])
+    if epochs < longest:
+        raise InputError(f"{source}: the run of {describe(table, point)} at seed {seed} has {epochs} epochs, others "
+                         f"{longest} (stopped early?); the restart questions compare whole runs")
 
 
 def scores(table: replay.CurveTable) -> dict[str, str]:
@@ -118,13 +125,13 @@ def early_restarts(table: replay.CurveTable, metric: str) -> dict[tuple, np.ndar
 
 
 def print_early_restarts(table: replay.CurveTable, metric: str) -> None:
-    seeds, epochs = len(table.seeds), min(len(c) for by_seed in table.curves.values() for c in by_seed.values())
+    seeds, epochs = len(table.seeds), len(table.curves[table.points[0]][table.seeds[0]])  # all alike (main)
     print(f"early restarts: {seeds} seeds to epoch k, the one the categorical MI bound prefers then trained to epoch "
           f"{epochs}; its final {metric} against the mean seed")
     for name, chosen in groups(table, early_restarts(table, metric)).items():
         if len(chosen) < 2:
             continue
-        gains = np.array([gain[:epochs] for gain in chosen.values()])  # configurations x epochs
+        gains = np.array(list(chosen.values()))  # configurations x epochs
         final = gains[:, -1]
         print(f"  {name} ({len(chosen)} configurations):")
         for k in range(1, epochs + 1):
@@ -170,8 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     missing = [m for m in (args.metric, "mi_lower_bound_categorical", "elbo") if m not in table.metrics]
     if missing:
         raise InputError(f"--metric: the table has no {missing[0]} column (it has {', '.join(table.metrics)})")
+    source = f"--study {args.study}" if args.study else f"--table {args.table}"
     if len(table.seeds) < 2:
-        raise InputError(f"--table {args.table}: one seed per configuration; restarts need two or more")
+        raise InputError(f"{source}: one seed per configuration; restarts need two or more")
+    check_whole_runs(table, source)
     runs = finals(table, args.metric)
     print_restarts(table, runs, args.metric)
     print_early_restarts(table, args.metric)

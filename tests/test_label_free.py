@@ -95,6 +95,19 @@ def test_a_study_that_has_not_run_is_refused_and_no_store_is_made(tmp_path, caps
     assert not (tmp_path / "results").exists()
 
 
+def test_a_run_stopped_early_is_refused_naming_it(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    frame = table(ROWS)
+    frame.drop(frame.index[(frame["mi.lambda_mi"] == 3.0) & (frame.seed == 1) & (frame.epoch == 2)]) \
+        .to_csv(path, index=False)
+    with pytest.raises(SystemExit) as exited:
+        label_free.main(["--table", str(path)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --table {path}: the run of lambda_mi=3 cap=2 at seed 1 has 1 epochs, others 2 "
+                   "(stopped early?); the restart questions compare whole runs"]
+
+
 def test_one_seed_per_configuration_is_refused(tmp_path, capsys):
     path = tmp_path / "t.csv"
     table({k: v[:1] for k, v in ROWS.items()}).to_csv(path, index=False)

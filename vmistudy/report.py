@@ -362,14 +362,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet(args.verbose)
     spec = load_study(args.study, args.set, service=True)
-    storage = layout.storage_path(spec)
-    check_store(spec, storage, args.study)
+    tracker = open_study(spec, args.study)
     out = args.out or Path(layout.experiment_path(spec)) / "report"
     check_writable(out, "--out")
-    print(f"report: {write(spec, tracking.find_study(spec, storage), out)}")
+    print(f"report: {write(spec, tracker, out)}")
 
 
-def check_store(spec: config.StudySpec, storage: str, study: str) -> None:
+def open_study(spec: config.StudySpec, study: str) -> tracking.StudyTracker:
+    """The tracker of the study `spec` names, to read it back; InputError if it has not run (`study`: its file)."""
+    storage = layout.storage_path(spec)
+    _check_store(spec, storage, study)
+    return tracking.find_study(spec, storage)
+
+
+def _check_store(spec: config.StudySpec, storage: str, study: str) -> None:
     """A sqlite store must exist: MLflow would create an empty one (and its folders) to find no study in it."""
     uri = tracking.tracking_uri(spec, storage)
     path = uri.removeprefix("sqlite:///")
