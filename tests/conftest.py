@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def _guarded_popen_init(self, *args, **kwargs):
 
 
 subprocess.Popen.__init__ = _guarded_popen_init
+# Python finds the processor by running `uname -p` once and caches it; importing MLflow asks (its telemetry), and a
+# command called in a test's own process may be the first to import it
+platform.processor()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -23,8 +23,10 @@ LAYERS = {
     # the MLflow adapter and what reads through it; Optuna's record of a study (history), whose views the
     # report draws in a process of its own while it reads MLflow: history needs no MLflow
     "tracking": READERS, "report": READERS - {"optuna"}, "history": {"ray", "torch", "mlflow"},
+    # the study command checks its input with none of them (a typo is refused at once), then launches
+    "run": CORE | {"torch"},
     # the Ray Tune side: may use everything
-    "study": set(), "run": set(), "console": set(),
+    "study": set(), "launch": set(), "console": set(),
 }
 COMMANDS_FIRST = ["train", "evaluate", "report", "figures"]  # few probes load every module
 

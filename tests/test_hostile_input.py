@@ -567,3 +567,16 @@ def test_the_real_command_refuses_in_one_line(command_results, case):
     scene, before, result, seconds = command_results[case]
     assert_refused(result, COMMANDS[case][3], scene, before)
     assert seconds < 90
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("case", ["bad-study-file", "no-study-to-resume"])
+def test_the_run_command_refuses_before_importing_the_frameworks(scene, case):
+    """A typo is answered at once: the study command checks its input before it imports torch, Ray or MLflow."""
+    argv = [str(scene.file(scene.raw(**{"train.lr": -1.0})))] if case == "bad-study-file" else [str(scene.file()),
+                                                                                               "--resume"]
+    probe = ("import sys\nfrom vmistudy import run\ntry:\n    run.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    print(e.code, sorted({'torch', 'ray', 'mlflow', 'optuna'} & set(sys.modules)))\n")
+    done = subprocess.run([PYTHON, "-c", probe, *argv], cwd=scene.storage, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stderr.startswith("error: ") and done.stdout.strip() == "2 []", (done.stdout, done.stderr)

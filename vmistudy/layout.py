@@ -22,6 +22,7 @@ SPEC_FILE = "vmistudy-spec.json"
 TRIAL_STATE = "vmistudy-state.pt"  # a trial's resume state, in its Tune folder, replaced after every epoch
 # a trial's configuration and the trial id its MLflow run is tagged with, in its Tune folder from its first start
 TRIAL_MARKER = "vmistudy-trial.json"
+TUNER_STATE = "tuner.pkl"  # Tune's own, in the study folder: what Tuner.can_restore looks for
 
 
 def storage_path(spec: StudySpec) -> str:
@@ -56,6 +57,12 @@ def saved_spec(spec: StudySpec) -> StudySpec | None:
         raise InputError(f"{e}; {hint}") from None
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
         raise InputError(f"{path}: damaged, not the JSON of a study ({e}); {hint}") from None
+
+
+def has_study(spec: StudySpec) -> bool:
+    """Whether a study named as `spec` names has started in its storage (Tune saved its state to resume from)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec))
+    return fs.get_file_info(f"{root}/{TUNER_STATE}").type != pyarrow.fs.FileType.NotFound
 
 
 def newest_file(spec: StudySpec, pattern: str) -> str | None:

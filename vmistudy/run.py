@@ -15,15 +15,9 @@ import importlib
 import io
 import json
 import pickletools
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-import torch
-from ray import tune
-
-from . import config, console, history, layout, replay, study, tracking
+from . import config, layout, replay
 from .cli import ArgumentParser, check_writable, command, load_study, quiet
 from .errors import InputError
 
@@ -31,8 +25,7 @@ MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "trai
 # What Tune reads to resume a study (the newest of each, by the time in the name): JSON, the others pickles
 # (search_gen_state-*.json too, whatever its name says)
 EXPERIMENT_STATE = "experiment_state-*.json"
-TUNE_STATE = ("tuner.pkl", EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
-CONFIGURATIONS_SHOWN = 5  # in the summary: the best, each beside its twins
+TUNE_STATE = (layout.TUNER_STATE, EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
 DAMAGED_STUDY = "Tune cannot resume from it: restore the file, or start the study afresh with --set name=NEW"
 
 
@@ -59,35 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     if spec.replay.table:
         replay.read(spec.replay.table).check(spec)
     check_start(spec, args.resume)
-    tracker = _start(spec, Path(args.study), args)
-    if not args.verbose:
-        console.quiet_tune()
-    if args.resume:
-        tuner = study.restore(spec, tracker)
-    else:
-        layout.write_spec(spec)
-        callbacks = (console.Progress(spec), study.OptunaHistory(spec))
-        tuner = study.tuner(spec, tracker, callbacks=callbacks, verbose=1 if args.verbose else 0)
-    results = tuner.fit()
-    status = _summarize(results, spec)
-    tracker.finish(_summary_metrics(results, spec), failed=status != 0)
-    invocation = " ".join([args.study, *(f"--set {item}" for item in args.set)])
-    print(f"\nnext:\n  report:  python -m vmistudy.report {invocation}  (pairs, curves, figures)\n"
-          f"  {tracker.describe(spec)}\n{_optuna_line(spec)}  results: {layout.experiment_path(spec)}\n"
-          f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
-    sys.exit(status)
+    from . import launch  # torch, Ray and MLflow: seconds to import, so only once the input is known good
 
-
-def _start(spec: config.StudySpec, study_file: Path,
-           args: argparse.Namespace) -> tracking.StudyTracker | tracking.NullStudyTracker:
-    """Start Ray and the study's MLflow runs at once: a new sqlite store's migrations take seconds, as does
-    Ray's start. A tracking server that does not answer is refused first, before Ray starts."""
-    storage = layout.storage_path(spec)
-    tracking.check_answers(spec, storage)
-    with ThreadPoolExecutor(1) as other:
-        started = other.submit(tracking.start_study, spec, study_file, storage)
-        study.connect(args.address, args.verbose)
-        return started.result()
+    launch.run(spec, args)
 
 
 def check_start(spec: config.StudySpec, resume: bool) -> None:
@@ -96,9 +63,9 @@ def check_start(spec: config.StudySpec, resume: bool) -> None:
     storage, path = layout.storage_path(spec), layout.experiment_path(spec)
     if "://" not in storage:
         check_writable(storage, "search.storage")
-    exists = tune.Tuner.can_restore(path)
+    exists = layout.has_study(spec)
     if resume and not exists:
-        raise InputError(f"--resume: no study named {spec.name} in {storage} (no {path}/tuner.pkl); "
+        raise InputError(f"--resume: no study named {spec.name} in {storage} (no {path}/{layout.TUNER_STATE}); "
                          "start it without --resume")
     if exists and not resume:
         raise InputError(f"name: a study named {spec.name} already exists in {path}; continue it with --resume, "
@@ -183,6 +150,8 @@ def _trial_state(path: str, name: str) -> None:
     data = layout.read_bytes(path)
     if data is None:
         return  # the trial saved no epoch: it starts from epoch 0 anyway
+    import torch  # here: a second to import, and only a resume reads a trial's state
+
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... by how the file is damaged
@@ -190,42 +159,6 @@ def _trial_state(path: str, name: str) -> None:
     if not (isinstance(state, dict) and "epoch" in state):
         raise InputError(f"{path}: truncated, damaged or not a trial's state ({type(state).__name__}); delete it "
                          f"to run trial {name} again from epoch 0, then --resume")
-
-
-def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
-    """Print each configuration beside its lambda_mi = 0 twins (the best CONFIGURATIONS_SHOWN) and the errored
-    trials; return the exit status."""
-    search = spec.search
-    rows = [row for result in results for row in study.member_rows(result.config or {}, result.metrics or {}, search)]
-    lines = console.comparison(rows, spec)
-    shown = [i for i, line in enumerate(lines) if not line.startswith(" ")][CONFIGURATIONS_SHOWN:]
-    twins = " beside its lambda_mi = 0 twins (same seeds and initial weights)" if search.paired_baseline else ""
-    bundles = f" (in {len(results)} bundles)" if search.bundle else ""
-    print(f"\n{len(rows)} trials{bundles} of study {spec.name}: each configuration{twins}, mean +- 95% interval over "
-          f"seeds, test split; best {search.metric} ({search.mode}) first")
-    print("\n".join(lines[:shown[0]] if shown else lines))
-    if shown:
-        print(f"... and {len(shown)} more configurations (python -m vmistudy.report lists them all)")
-    for result in results:
-        if result.error:
-            reason = str(result.error).strip().splitlines()[-1]
-            print(f"errored: {result.path}: {reason}")
-    return 1 if results.errors else 0
-
-
-def _optuna_line(spec: config.StudySpec) -> str:
-    if history.storage_url(spec) is None:
-        return ""
-    return f"  optuna:  {history.dashboard_command(spec)}  (the search's history)\n"
-
-
-def _summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:
-    search = spec.search
-    values = [r.metrics[search.metric] for r in results if r.metrics and search.metric in r.metrics]
-    summary = {"trials": len(results), "errored_trials": len(results.errors)}
-    if values:
-        summary[f"best_{search.metric}"] = (max if search.mode == "max" else min)(values)
-    return summary
 
 
 if __name__ == "__main__":

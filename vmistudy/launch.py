@@ -1,0 +1,85 @@
+"""Start a study on Ray Tune once `vmistudy.run` has checked its input, and sum it up when it ends.
+
+Apart from run.py because of what it imports (torch, Ray, MLflow: seconds), so that bad input is refused at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ray import tune
+
+from . import config, console, history, layout, study, tracking
+
+CONFIGURATIONS_SHOWN = 5  # in the summary: the best, each beside its twins
+
+
+def run(spec: config.StudySpec, args: argparse.Namespace) -> None:
+    """Start (or resume) the study, print its summary and what to do next; exit with its status."""
+    tracker = _start(spec, Path(args.study), args)
+    if not args.verbose:
+        console.quiet_tune()
+    if args.resume:
+        tuner = study.restore(spec, tracker)
+    else:
+        layout.write_spec(spec)
+        callbacks = (console.Progress(spec), study.OptunaHistory(spec))
+        tuner = study.tuner(spec, tracker, callbacks=callbacks, verbose=1 if args.verbose else 0)
+    results = tuner.fit()
+    status = _summarize(results, spec)
+    tracker.finish(_summary_metrics(results, spec), failed=status != 0)
+    invocation = " ".join([args.study, *(f"--set {item}" for item in args.set)])
+    print(f"\nnext:\n  report:  python -m vmistudy.report {invocation}  (pairs, curves, figures)\n"
+          f"  {tracker.describe(spec)}\n{_optuna_line(spec)}  results: {layout.experiment_path(spec)}\n"
+          f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
+    sys.exit(status)
+
+
+def _start(spec: config.StudySpec, study_file: Path,
+           args: argparse.Namespace) -> tracking.StudyTracker | tracking.NullStudyTracker:
+    """Start Ray and the study's MLflow runs at once: a new sqlite store's migrations take seconds, as does
+    Ray's start. A tracking server that does not answer is refused first, before Ray starts."""
+    storage = layout.storage_path(spec)
+    tracking.check_answers(spec, storage)
+    with ThreadPoolExecutor(1) as other:
+        started = other.submit(tracking.start_study, spec, study_file, storage)
+        study.connect(args.address, args.verbose)
+        return started.result()
+
+
+def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
+    """Print each configuration beside its lambda_mi = 0 twins (the best CONFIGURATIONS_SHOWN) and the errored
+    trials; return the exit status."""
+    search = spec.search
+    rows = [row for result in results for row in study.member_rows(result.config or {}, result.metrics or {}, search)]
+    lines = console.comparison(rows, spec)
+    shown = [i for i, line in enumerate(lines) if not line.startswith(" ")][CONFIGURATIONS_SHOWN:]
+    twins = " beside its lambda_mi = 0 twins (same seeds and initial weights)" if search.paired_baseline else ""
+    bundles = f" (in {len(results)} bundles)" if search.bundle else ""
+    print(f"\n{len(rows)} trials{bundles} of study {spec.name}: each configuration{twins}, mean +- 95% interval over "
+          f"seeds, test split; best {search.metric} ({search.mode}) first")
+    print("\n".join(lines[:shown[0]] if shown else lines))
+    if shown:
+        print(f"... and {len(shown)} more configurations (python -m vmistudy.report lists them all)")
+    for result in results:
+        if result.error:
+            reason = str(result.error).strip().splitlines()[-1]
+            print(f"errored: {result.path}: {reason}")
+    return 1 if results.errors else 0
+
+
+def _optuna_line(spec: config.StudySpec) -> str:
+    if history.storage_url(spec) is None:
+        return ""
+    return f"  optuna:  {history.dashboard_command(spec)}  (the search's history)\n"
+
+
+def _summary_metrics(results: tune.ResultGrid, spec: config.StudySpec) -> dict[str, float]:
+    search = spec.search
+    values = [r.metrics[search.metric] for r in results if r.metrics and search.metric in r.metrics]
+    summary = {"trials": len(results), "errored_trials": len(results.errors)}
+    if values:
+        summary[f"best_{search.metric}"] = (max if search.mode == "max" else min)(values)
+    return summary
