@@ -479,7 +479,7 @@ def _check_points(tally: Tally, client: MlflowClient, run) -> None:
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     """A command in a session of its own, output to `log`."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -117,7 +117,7 @@ def measure(store: str, trials: int, table: Path) -> dict:
         server, uri = start_server(folder) if store == "server" else (None, None)
         try:
             study = study_file(folder, trials, uri, table)
-            env = dict(os.environ, RAY_DEDUP_LOGS="0", RAY_USAGE_STATS_ENABLED="0")
+            env = dict(os.environ, RAY_DEDUP_LOGS="0")
             start = time.perf_counter()
             done = subprocess.run([sys.executable, "-c", DRIVER, str(study)], cwd=REPO, env=env,
                                   capture_output=True, text=True)

@@ -25,7 +25,7 @@ results, saved_epochs = kills.results, kills.saved_epochs
 def ray_env() -> dict:
     # the project's environment first on PATH, as on a cluster node set up for it (`python` in job entrypoints)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, OMP_NUM_THREADS="1",
-               RAY_DEDUP_LOGS="0", RAY_USAGE_STATS_ENABLED="0",
+               RAY_DEDUP_LOGS="0",
                PATH=f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("RAY_ADDRESS", None)
     return env

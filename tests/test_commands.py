@@ -135,3 +135,19 @@ def test_a_command_freezes_the_heap_after_every_other_exit_handler():
     done = subprocess.run([PYTHON, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["later", "0", "frozen", "True"]
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("setting", ["default", "the user's"])
+def test_the_libraries_report_nothing_off_the_machine_unless_the_user_asks(setting):
+    """MLflow's telemetry and Ray's usage stats are off once vmistudy is imported, before either library is;
+    a value the user has set wins. Run without the variables by which MLflow itself guesses a CI or a test."""
+    probe = ("import vmistudy.report\nfrom mlflow.telemetry.utils import is_telemetry_disabled\n"
+             "from ray._common.usage.usage_lib import usage_stats_enabled\n"
+             "print(is_telemetry_disabled(), usage_stats_enabled())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_CURRENT_TEST", "DO_NOT_TRACK")
+           and "TELEMETRY" not in k and "USAGE_STATS" not in k}
+    if setting == "the user's":
+        env.update(MLFLOW_DISABLE_TELEMETRY="false", RAY_USAGE_STATS_ENABLED="1")
+    done = subprocess.run([PYTHON, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == (["True", "False"] if setting == "default" else ["False", "True"]), done.stderr

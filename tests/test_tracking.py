@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -219,3 +220,14 @@ def test_the_restart_kept_is_each_configurations_seed_with_the_highest_mi_bound(
     assert "Over 2 configurations: gain +0.1250 on average, positive in 1, rank correlation +0.00 on average" in text
     assert report._restarts(runs.drop(columns="metrics.mi_lower_bound_categorical")).empty
 
+
+
+def test_the_reports_rank_correlation_is_spearmans_with_ties():
+    from scipy.stats import spearmanr
+
+    from vmistudy import report
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.integers(0, 4, 7).astype(float), rng.normal(size=7)  # ties in a
+        assert report._spearman(pd.Series(a), pd.Series(b)) == pytest.approx(spearmanr(a, b).statistic)

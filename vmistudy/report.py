@@ -131,8 +131,14 @@ def _restarts(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append(_configuration(keys, key) | {
                 "seeds": len(group), "kept seed": int(kept.seed), "its accuracy": kept[accuracy],
                 "mean accuracy": mean, "gain": kept[accuracy] - mean,
-                "rank correlation": group[score].corr(group[accuracy], method="spearman")})
+                "rank correlation": _spearman(group[score], group[accuracy])})
     return pd.DataFrame(rows)
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rank correlation: Pearson's of the ranks, ties sharing their mean rank (pandas' own spearman
+    imports scipy.stats, a second at each report)."""
+    return a.rank().corr(b.rank())
 
 
 def _restarts_section(runs: pd.DataFrame) -> list[str]:
@@ -192,9 +198,12 @@ def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None
     return path
 
 
-def _artifact(client: MlflowClient, run_id: str, name: str, folder: Path) -> Path | None:
+def _artifact(roots: pd.Series, run_id: str, name: str, folder: Path) -> Path | None:
+    """A run's final figure `name`, downloaded from its artifact root (`roots`, by run id: the search gave them;
+    asking the store for the run again costs a query per figure)."""
     try:
-        return Path(client.download_artifacts(run_id, f"figures/final/{name}.png", str(folder / run_id)))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{roots[run_id]}/figures/final/{name}.png",
+                                                        dst_path=str(folder / run_id)))
     except Exception:  # noqa: BLE001 - a trial stopped early has no final figures
         return None
 
@@ -317,8 +326,8 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
         if _curves(client, _curve_runs(ranked, paired), out / "curves.png"):
             lines += [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
                       "![curves](curves.png)", ""]
-        rows = [_artifact(client, r["run_id"], "traversal_rows", downloads)
-                for _, r in _lambda_runs(ranked).iterrows()]
+        roots = ranked.set_index("run_id")["artifact_uri"]
+        rows = [_artifact(roots, r["run_id"], "traversal_rows", downloads) for _, r in _lambda_runs(ranked).iterrows()]
         rows = [_first_row(p, downloads) for p in rows if p]
         if rows:
             _side_by_side(rows, out / "lambda_rows.png", vertical=True)
@@ -326,7 +335,7 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
                       "![lambda rows](lambda_rows.png)", ""]
         for i, pair in paired.iterrows():
             for name in ("categorical_swaps", "traversal_pair"):
-                found = [_artifact(client, pair[k], name, downloads) for k in ("run_id", "twin_id")]
+                found = [_artifact(roots, pair[k], name, downloads) for k in ("run_id", "twin_id")]
                 if all(found):
                     image = _side_by_side(found, out / f"pair-{i}-{name}.png")
                     lines += [f"### {pair['run']} (lambda {pair['lambda_mi']:.3g}, left) and its twin "
