@@ -16,6 +16,7 @@ import tempfile
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -38,6 +39,8 @@ LABEL_FREE = ("mi_lower_bound_categorical", "invariance_mi")
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 # What the figures show of a large study (each costs MLflow calls, and more lines make a plot unreadable):
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
+PAIR_NAMES = ("categorical_swaps", "traversal_pair")  # a pair's final figures, shown side by side
+FETCHES = 8  # MLflow reads at a time for the figures
 
 
 def trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
@@ -172,16 +175,23 @@ def _picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     return lines
 
 
+def _fetched(fetch: Callable, calls: list[tuple]) -> dict[tuple, Any]:
+    """{call: fetch(*call)}, FETCHES at a time: over a tracking server each is a request that mostly waits."""
+    with ThreadPoolExecutor(FETCHES) as pool:
+        return dict(zip(calls, pool.map(lambda call: fetch(*call), calls)))
+
+
 def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    histories = _fetched(client.get_metric_history, [(run_id, key) for key in CURVES for run_id in runs["run_id"]])
     fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4))
     drawn = False
     for ax, key in zip(axes, CURVES):
         for _, run in runs.iterrows():
-            points = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
+            points = sorted((m.step, m.value) for m in histories[run["run_id"], key])
             if points:
                 drawn = True
                 ax.plot(*zip(*points), linestyle="--" if run["lambda_mi"] == 0 else "-",
@@ -198,11 +208,11 @@ def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None
     return path
 
 
-def _artifact(roots: pd.Series, run_id: str, name: str, folder: Path) -> Path | None:
-    """A run's final figure `name`, downloaded from its artifact root (`roots`, by run id: the search gave them;
-    asking the store for the run again costs a query per figure)."""
+def _artifact(root: str, run_id: str, name: str, folder: Path) -> Path | None:
+    """A run's final figure `name`, downloaded from its artifact root (which the search gave: asking the store
+    for the run again would cost a query per figure)."""
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{roots[run_id]}/figures/final/{name}.png",
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/figures/final/{name}.png",
                                                         dst_path=str(folder / run_id)))
     except Exception:  # noqa: BLE001 - a trial stopped early has no final figures
         return None
@@ -321,23 +331,25 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
     """The curves of the best runs, z0's traversal per lambda and the best pairs' final figures, downloaded
     from the runs (`ranked`: every run, best first; `paired`: the pairs to show)."""
     lines = []
+    if _curves(client, _curve_runs(ranked, paired), out / "curves.png"):
+        lines += [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
+                  "![curves](curves.png)", ""]
+    lambda_runs = _lambda_runs(ranked)["run_id"].tolist()
+    wanted = [(run_id, "traversal_rows") for run_id in lambda_runs] + [
+        (pair[k], name) for _, pair in paired.iterrows() for name in PAIR_NAMES for k in ("run_id", "twin_id")]
     with tempfile.TemporaryDirectory() as tmp:
-        downloads = Path(tmp)
-        if _curves(client, _curve_runs(ranked, paired), out / "curves.png"):
-            lines += [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
-                      "![curves](curves.png)", ""]
-        roots = ranked.set_index("run_id")["artifact_uri"]
-        rows = [_artifact(roots, r["run_id"], "traversal_rows", downloads) for _, r in _lambda_runs(ranked).iterrows()]
-        rows = [_first_row(p, downloads) for p in rows if p]
+        downloads, roots = Path(tmp), ranked.set_index("run_id")["artifact_uri"]
+        found = _fetched(lambda run_id, name: _artifact(roots[run_id], run_id, name, downloads), wanted)
+        rows = [_first_row(found[r, "traversal_rows"], downloads) for r in lambda_runs if found[r, "traversal_rows"]]
         if rows:
             _side_by_side(rows, out / "lambda_rows.png", vertical=True)
             lines += ["## z0 over +-5 standard deviations of q(z0), one row per lambda_mi, ascending (fig. 4.4)", "",
                       "![lambda rows](lambda_rows.png)", ""]
         for i, pair in paired.iterrows():
-            for name in ("categorical_swaps", "traversal_pair"):
-                found = [_artifact(roots, pair[k], name, downloads) for k in ("run_id", "twin_id")]
-                if all(found):
-                    image = _side_by_side(found, out / f"pair-{i}-{name}.png")
+            for name in PAIR_NAMES:
+                images = [found[pair[k], name] for k in ("run_id", "twin_id")]
+                if all(images):
+                    image = _side_by_side(images, out / f"pair-{i}-{name}.png")
                     lines += [f"### {pair['run']} (lambda {pair['lambda_mi']:.3g}, left) and its twin "
                               f"{pair['twin']} (right): {name}", "", f"![{name}]({image.name})", ""]
     return lines
