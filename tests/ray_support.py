@@ -69,13 +69,20 @@ def run_study(study: Path, *args: str, log: Path, timeout: float = 400) -> tuple
 
 
 def stop_group(pgid: int) -> None:
-    """SIGTERM, then SIGKILL, the process group this test started."""
+    """SIGTERM, then SIGKILL, the process group this test started, each given 2 s to end it (an unreaped
+    leader counts as alive: its Popen's wait reaps it)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        time.sleep(2)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)  # signal 0: is any process of the group left?
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def trial_workers(session: int) -> list[int]:
