@@ -44,9 +44,10 @@ def study_table(study: str, metric: str) -> replay.CurveTable:
     runs = report.trial_runs(tracker)
     fields = [*report.configuration_columns(runs), "params.mi.lambda_mi"]
     names = [m for m in (metric, *SCORES) if f"metrics.{m}" in runs]
+    histories = report.fetched(tracker.client.get_metric_history, [(r, m) for r in runs.run_id for m in names])
     records = []
     for _, run in runs.iterrows():
-        history = {m: {p.step: p.value for p in tracker.client.get_metric_history(run.run_id, m)} for m in names}
+        history = {m: {p.step: p.value for p in histories[run.run_id, m]} for m in names}
         records += [{**{f.removeprefix("params."): run[f] for f in fields}, "seed": run.seed, "epoch": epoch,
                      **{m: history[m].get(epoch, np.nan) for m in names}} for epoch in sorted(history[names[0]])]
     return replay.CurveTable(pd.DataFrame.from_records(records), source=study)

@@ -573,8 +573,10 @@ def test_the_real_command_refuses_in_one_line(command_results, case):
 @pytest.mark.parametrize("case", ["bad-study-file", "no-study-to-resume"])
 def test_the_run_command_refuses_before_importing_the_frameworks(scene, case):
     """A typo is answered at once: the study command checks its input before it imports torch, Ray or MLflow."""
-    argv = [str(scene.file(scene.raw(**{"train.lr": -1.0})))] if case == "bad-study-file" else [str(scene.file()),
-                                                                                               "--resume"]
+    if case == "bad-study-file":
+        argv = [str(scene.file(scene.raw(**{"train.lr": -1.0})))]
+    else:
+        argv = [str(scene.file()), "--resume"]
     probe = ("import sys\nfrom vmistudy import run\ntry:\n    run.main(sys.argv[1:])\nexcept SystemExit as e:\n"
              "    print(e.code, sorted({'torch', 'ray', 'mlflow', 'optuna'} & set(sys.modules)))\n")
     done = subprocess.run([PYTHON, "-c", probe, *argv], cwd=scene.storage, capture_output=True, text=True,

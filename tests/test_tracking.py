@@ -221,7 +221,6 @@ def test_the_restart_kept_is_each_configurations_seed_with_the_highest_mi_bound(
     assert report._restarts(runs.drop(columns="metrics.mi_lower_bound_categorical")).empty
 
 
-
 def test_the_reports_rank_correlation_is_spearmans_with_ties():
     from scipy.stats import spearmanr
 

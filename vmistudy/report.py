@@ -40,7 +40,7 @@ PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 # What the figures show of a large study (each costs MLflow calls, and more lines make a plot unreadable):
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
 PAIR_NAMES = ("categorical_swaps", "traversal_pair")  # a pair's final figures, shown side by side
-FETCHES = 8  # MLflow reads at a time for the figures
+FETCHES = 8  # MLflow reads at a time (fetched)
 
 
 def trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
@@ -175,8 +175,9 @@ def _picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
     return lines
 
 
-def _fetched(fetch: Callable, calls: list[tuple]) -> dict[tuple, Any]:
-    """{call: fetch(*call)}, FETCHES at a time: over a tracking server each is a request that mostly waits."""
+def fetched(fetch: Callable, calls: list[tuple]) -> dict[tuple, Any]:
+    """{call: fetch(*call)}, FETCHES at a time: MLflow reads, over a tracking server each a request that mostly
+    waits."""
     with ThreadPoolExecutor(FETCHES) as pool:
         return dict(zip(calls, pool.map(lambda call: fetch(*call), calls)))
 
@@ -186,7 +187,7 @@ def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    histories = _fetched(client.get_metric_history, [(run_id, key) for key in CURVES for run_id in runs["run_id"]])
+    histories = fetched(client.get_metric_history, [(run_id, key) for key in CURVES for run_id in runs["run_id"]])
     fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4))
     drawn = False
     for ax, key in zip(axes, CURVES):
@@ -339,7 +340,7 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
         (pair[k], name) for _, pair in paired.iterrows() for name in PAIR_NAMES for k in ("run_id", "twin_id")]
     with tempfile.TemporaryDirectory() as tmp:
         downloads, roots = Path(tmp), ranked.set_index("run_id")["artifact_uri"]
-        found = _fetched(lambda run_id, name: _artifact(roots[run_id], run_id, name, downloads), wanted)
+        found = fetched(lambda run_id, name: _artifact(roots[run_id], run_id, name, downloads), wanted)
         rows = [_first_row(found[r, "traversal_rows"], downloads) for r in lambda_runs if found[r, "traversal_rows"]]
         if rows:
             _side_by_side(rows, out / "lambda_rows.png", vertical=True)
