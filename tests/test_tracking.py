@@ -221,6 +221,25 @@ def test_the_restart_kept_is_each_configurations_seed_with_the_highest_mi_bound(
     assert report._restarts(runs.drop(columns="metrics.mi_lower_bound_categorical")).empty
 
 
+def test_the_reports_search_pauses_the_cyclic_collector_and_restores_it_as_it_was():
+    import gc
+
+    from vmistudy import report
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), report._cyclic_gc_off():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed search")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with report._cyclic_gc_off():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
+
+
 def test_the_reports_rank_correlation_is_spearmans_with_ties():
     from scipy.stats import spearmanr
 
