@@ -15,7 +15,7 @@ from vmistudy import data as datasets
 from vmistudy.latents import DiagonalGaussian, GumbelSoftmax, mixture_entropy_lower_bound, standard_normal_entropy
 from vmistudy.networks import Forward, Posterior, QNetwork, mean_image
 from vmistudy.objective import (capacity, elbo_terms, invariance_mi, mi_lower_bound, mi_targets,
-                                reconstruction_nll, target_entropy, temperature)
+                                reconstruction_nll, target_entropy, temperature, virtual_adversarial)
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
 
@@ -337,7 +337,12 @@ def _hand_step(spec, vae, q, x, lambda_mi):
         mi = mi_lower_bound(q.log_prob(x_tilde, z_hat, c_hat), entropies)
         invariance = spec.mi.invariance
         if invariance.weight:  # drawn after the forward's draws, on the same generator
-            copies = datasets.random_affine(x, invariance.rotate, invariance.translate, invariance.scale, rng)
+            if invariance.copies == "adversarial":
+                log_p = out.posterior.categorical.log_probs.detach()
+                copies = x + virtual_adversarial(x, log_p, lambda v: vae.encode(v).categorical.log_probs,
+                                                 invariance.epsilon, rng)
+            else:
+                copies = datasets.random_affine(x, invariance.rotate, invariance.translate, invariance.scale, rng)
             mi = mi + invariance.weight * invariance_mi(out.posterior.categorical.probs,
                                                         vae.encode(copies).categorical.probs)
         loss = loss - lambda_mi * mi
@@ -348,10 +353,12 @@ def _hand_step(spec, vae, q, x, lambda_mi):
     return vae, q, q_grads
 
 
-@pytest.mark.parametrize("lambda_mi, invariance", [(0.0, 0.0), (3.0, 0.0), (3.0, 0.5), (0.0, 0.5)])
-def test_train_step_equals_algorithm_1_by_hand(lambda_mi, invariance):
+@pytest.mark.parametrize("lambda_mi, invariance, copies", [(0.0, 0.0, "affine"), (3.0, 0.0, "affine"),
+                                                            (3.0, 0.5, "affine"), (0.0, 0.5, "affine"),
+                                                            (3.0, 0.5, "adversarial")])
+def test_train_step_equals_algorithm_1_by_hand(lambda_mi, invariance, copies):
     spec, trainer = _trainer(mi={"lambda_mi": lambda_mi, "gaussian": [1, 3], "categorical": True,
-                                 "invariance": {"weight": invariance}})
+                                 "invariance": {"weight": invariance, "copies": copies}})
     x = trainer.images(trainer.data.train_images[:64])
     vae0, q0 = _snapshot(trainer.vae), _snapshot(trainer.q)
     ref_vae, ref_q, q_grads = _hand_step(spec, trainer.vae, trainer.q, x, lambda_mi)
@@ -381,6 +388,21 @@ def test_invariance_term_changes_the_vae_update_only_with_mi_on():
         runs[lam, weight] = _snapshot(trainer.vae)
     assert state_equal(runs[0.0, 0.0], runs[0.0, 1.0]) == []
     assert state_equal(runs[3.0, 0.0], runs[3.0, 1.0]) != []
+
+
+def test_adversarial_copies_train_differently_from_affine_ones_and_leave_the_metric_affine():
+    """mi.invariance.copies picks the training copy; invariance_mi is measured on the affine copies either way."""
+    runs = {}
+    for copies in ("affine", "adversarial"):
+        _, trainer = _trainer(mi={"lambda_mi": 3.0, "invariance": {"weight": 1.0, "copies": copies}})
+        trainer.train_step(trainer.images(trainer.data.train_images[:64]))
+        runs[copies] = _snapshot(trainer.vae)
+        x = trainer.images(trainer.data.test_images[:32])
+        metric = trainer.code_of_copies(x, torch.Generator().manual_seed(0))
+        spec = trainer.recipe.mi.invariance
+        affine = datasets.random_affine(x, spec.rotate, spec.translate, spec.scale, torch.Generator().manual_seed(0))
+        assert torch.equal(metric, trainer.vae.encode(affine).categorical.probs)
+    assert state_equal(runs["affine"], runs["adversarial"]) != []
 
 
 def test_lambda_changes_the_vae_update_but_not_the_q_update():
@@ -432,6 +454,34 @@ def test_fresh_q_leaves_the_vae_as_it_found_it():
 
 
 # ------------------------------------------------------------------------------------- the invariance term
+
+def _linear_code(seed=0, d=20, k=5):
+    weight = torch.randn(d, k, generator=torch.Generator().manual_seed(seed))
+    return lambda x: torch.log_softmax(x.flatten(1) @ weight, -1)
+
+
+def test_virtual_adversarial_has_norm_epsilon_per_image_and_follows_the_generator():
+    log_q, x = _linear_code(), torch.rand(8, 1, 4, 5)
+    r = virtual_adversarial(x, log_q(x).detach(), log_q, 0.7, torch.Generator().manual_seed(3))
+    assert r.shape == x.shape and not r.requires_grad
+    assert torch.allclose(r.flatten(1).norm(dim=1), torch.full((8,), 0.7), atol=1e-5)
+    again = virtual_adversarial(x, log_q(x).detach(), log_q, 0.7, torch.Generator().manual_seed(3))
+    assert torch.equal(r, again)
+
+
+def test_virtual_adversarial_moves_the_code_more_than_random_perturbations_of_its_norm():
+    log_q, x, generator = _linear_code(), torch.rand(64, 20), torch.Generator().manual_seed(1)
+    log_p = log_q(x).detach()
+
+    def kl(r):
+        return (log_p.exp() * (log_p - log_q(x + r))).sum(-1)
+
+    adversarial = kl(virtual_adversarial(x, log_p, log_q, 0.5, generator))
+    noise = torch.randn(64, 20, generator=generator)
+    random = kl(0.5 * noise / noise.norm(dim=1, keepdim=True))
+    assert (adversarial > random).float().mean() > 0.9
+    assert adversarial.mean() > 3 * random.mean()
+
 
 def test_invariance_mi_is_log_k_for_a_code_that_ignores_the_copy_and_fills_every_class():
     k = 4

@@ -158,6 +158,12 @@ class InvarianceSpec(Section):
     rotate: float = Field(15.0, ge=0, le=180, description="largest rotation of the copy, degrees")
     translate: float = Field(0.1, ge=0, le=0.5, description="largest shift of the copy, fraction of the side")
     scale: float = Field(0.1, ge=0, lt=1, description="largest relative zoom of the copy (1 +- scale)")
+    copies: Literal["affine", "adversarial"] = Field(
+        "affine", description="how the training copies are made: affine (rotate, translate, scale at random; IIC) | "
+                              "adversarial (x + the perturbation of L2 norm epsilon that moves q(c|x) most: "
+                              "IMSAT's virtual adversarial copy)")
+    epsilon: float = Field(1.0, gt=0, description="L2 norm of the adversarial perturbation, in pixel units "
+                                                  "(images in [0, 1]; an MNIST digit's norm is about 9)")
 
 
 class MISpec(Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,3 +126,20 @@ def invariance_mi(probs: torch.Tensor, probs_copy: torch.Tensor) -> torch.Tensor
     joint = probs.T @ probs_copy / len(probs)
     joint = (joint + joint.T) / 2
     return 2 * entropy(joint.sum(1)) - entropy(joint.flatten())
+
+
+PROBE = 1.0  # the length of VAT's probe; its paper's 1e-6 moves float32 logits by less than their rounding
+
+
+def virtual_adversarial(x: torch.Tensor, log_p: torch.Tensor, log_q: Callable[[torch.Tensor], torch.Tensor],
+                        epsilon: float, generator: torch.Generator) -> torch.Tensor:
+    """The perturbation r, ||r|| = epsilon per image, that most raises KL(p(c|x) || q(c|x + r)) to second
+    order: one power iteration from a random direction (VAT, as IMSAT uses it). `log_p` is the code of x
+    (detached), `log_q` the encoder's log q(c|.)."""
+    def unit(d: torch.Tensor) -> torch.Tensor:
+        return d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (d.dim() - 1))
+
+    probe = (PROBE * unit(torch.randn(x.shape, generator=generator, device=x.device))).requires_grad_()
+    kl = (log_p.exp() * (log_p - log_q(x + probe))).sum(-1).mean()
+    direction, = torch.autograd.grad(kl, probe)
+    return epsilon * unit(direction)

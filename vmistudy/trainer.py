@@ -22,7 +22,8 @@ from . import data as datasets
 from .config import Recipe
 from .metrics import accuracy_majority, cluster_scores, frozen_mi
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
-from .objective import elbo_terms, invariance_mi, mi_lower_bound, mi_targets, target_entropy, temperature
+from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, target_entropy, temperature,
+                        virtual_adversarial)
 
 EVAL_BATCH = 1000
 EVAL_SEED = 2024  # evaluation draws are the same at every epoch: a metric is a function of the weights
@@ -143,7 +144,7 @@ class Trainer:
             with autocast(recipe, self.device):
                 mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
                 if recipe.mi.invariance.weight:
-                    copies = self.code_of_copies(x, self.sample_rng)
+                    copies = self.code_of_copies(x, self.sample_rng, out.posterior.categorical.log_probs.detach())
                     mi = mi + recipe.mi.invariance.weight * invariance_mi(out.posterior.categorical.probs, copies)
             self._check_finite({"mi_lower_bound": mi})
             loss = loss - recipe.mi.lambda_mi * mi
@@ -154,11 +155,19 @@ class Trainer:
         with torch.no_grad():
             return torch.stack([loss, mi_lower_bound(log_q, entropies)])
 
-    def code_of_copies(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """q(c'|x'), x' a copy of each image of x transformed at random as mi.invariance says."""
+    def code_of_copies(self, x: torch.Tensor, generator: torch.Generator, log_p: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """q(c'|x'), x' a copy of each image of x as mi.invariance says: its adversarial copy given x's code
+        `log_p` in training, else (and for the invariance_mi metric, always) an affine one drawn at random."""
         spec = self.recipe.mi.invariance
-        copies = datasets.random_affine(x, spec.rotate, spec.translate, spec.scale, generator)
+        if spec.copies == "adversarial" and log_p is not None:
+            copies = x + virtual_adversarial(x, log_p, self.log_q_code, spec.epsilon, generator)
+        else:
+            copies = datasets.random_affine(x, spec.rotate, spec.translate, spec.scale, generator)
         return self.vae.encode(copies).categorical.probs
+
+    def log_q_code(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).categorical.log_probs
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         """Stop before an optimizer step spreads a NaN or inf into the weights, naming the term (one sync)."""
