@@ -15,6 +15,7 @@ median's ratio to random search without stopping. The goal: the service's defaul
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tempfile
@@ -26,7 +27,7 @@ import ray
 import yaml
 from ray import tune
 
-from vmistudy import config, replay, study
+from vmistudy import config, console, replay, study
 from vmistudy.cli import ArgumentParser, command
 from vmistudy.config import flatten
 from vmistudy.errors import InputError
@@ -50,6 +51,8 @@ STRATEGIES = {  # search-section overrides of studies/curves.yaml; keys not give
     "tpe+asha kl every rung": {"algorithm": "optuna", "scheduler": {"rungs": None}},
     "tpe+asha grace 8": {"algorithm": "optuna", "scheduler": {**CLASSIC_ASHA, "grace_period": 8}},
     "tpe(univariate)": {"algorithm": "optuna", "multivariate": False, "scheduler": {}},
+    "tpe+asha kl rf 3": {"algorithm": "optuna", "scheduler": {"reduction_factor": 3}},
+    "tpe(3 startup)+asha kl": {"algorithm": "optuna", "startup_trials": 3, "scheduler": {}},
 }
 DEFAULT = "default"
 BASELINE = "random"
@@ -97,7 +100,7 @@ def spec(strategy: str, seed: int, seeds: int, table: Path, storage: str, concur
 
 def run_study(s: config.StudySpec, table: replay.CurveTable, good: set) -> int:
     race = Race(s, table, good)
-    study.tuner(s, NullStudyTracker(), callbacks=(race,), stop=race, verbose=0).fit()  # quiet: hundreds of studies
+    study.tuner(s, NullStudyTracker(), callbacks=(race,), stop=race, verbose=0).fit()
     return race.cost if race.cost is not None else -race.trial_epochs  # negative: nothing found in the budget
 
 
@@ -129,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     good, best = good_points(table, metric)
     print(f"{len(table.points)} configurations; best mean {metric} {best:.4f}; {len(good)} good (within "
           f"{100 * TOLERANCE:g} points or top {100 * TOP:g}%); {args.seeds} seeds per strategy", flush=True)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    console.quiet_tune()  # hundreds of studies: their boxes and snapshot warnings would bury the summaries
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level=logging.ERROR)
     costs: dict[str, list[int]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as storage:
