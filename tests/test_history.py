@@ -99,6 +99,25 @@ def test_a_configuration_is_recorded_once_when_its_trials_have_ended_as_the_sear
     assert c.user_attrs["twin_values"] == [0.5, 0.5]
 
 
+def test_a_configuration_stopped_before_the_last_epoch_is_recorded_pruned_at_the_epoch_it_reached(tmp_path):
+    """Optuna's views draw completed trials: a configuration ASHA cut short must not stand among them with its
+    early value as if it were final."""
+    spec = paired_spec(tmp_path)
+    values = {"mi.lambda_mi": 2.0, "train.beta": 1.5, "model.hidden": 32, "train.capacity.gaussian.cap": None}
+    stopped = configuration(0, "a", values, [0.3, 0.2, 0.5, 0.3])
+    for trial in stopped[::2]:  # ASHA stopped both seeds after epoch 1; their twins ran to the end
+        trial.last_result = {**trial.last_result, "epoch": 1}
+    errored = configuration(1, "b", {**values, "train.beta": 1.9}, [0.6, 0.2, None, 0.3])  # one seed errored early
+    callback = OptunaHistory(spec)
+    callback.on_trial_complete(0, stopped + errored, errored[-1])
+
+    (a, b) = recorded(spec)
+    assert a.state == optuna.trial.TrialState.PRUNED and a.value is None
+    assert a.intermediate_values == {1: pytest.approx(0.4)} and a.user_attrs["epochs"] == [1, 3, 1, 3]
+    assert b.state == optuna.trial.TrialState.COMPLETE and b.value == pytest.approx(0.6)  # the errored one: no value
+    assert [t.number for t in history.load(spec).get_trials(states=(optuna.trial.TrialState.COMPLETE,))] == [1]
+
+
 def test_the_views_are_drawn_or_skipped_with_the_reason(tmp_path):
     spec = make_spec(search={"space": SPACE})
     searched = optuna.create_study(direction="maximize")
@@ -167,13 +186,18 @@ def assert_recorded_as_searched(spec: config.StudySpec, results) -> None:
     assert sorted(t.user_attrs[CONFIGURATION] for t in configurations) == list(range(spec.search.num_samples))
     for trial in configurations:
         accuracies = means[json.dumps(trial.params, sort_keys=True)]
-        assert trial.value == pytest.approx(sum(accuracies) / 2) and len(trial.user_attrs["twin_values"]) == 2
-        assert len(trial.user_attrs[TRIAL_IDS]) == 4
+        shortest = min(trial.user_attrs["epochs"])
+        if shortest < spec.train.epochs:  # a seed stopped by ASHA: pruned, its value where it stopped
+            assert trial.state == optuna.trial.TrialState.PRUNED
+            assert trial.intermediate_values == {shortest: pytest.approx(sum(accuracies) / 2)}
+        else:
+            assert trial.value == pytest.approx(sum(accuracies) / 2)
+        assert len(trial.user_attrs["twin_values"]) == 2 and len(trial.user_attrs[TRIAL_IDS]) == 4
 
 
 @pytest.mark.ray
 def test_a_replayed_study_records_each_configuration_and_the_report_draws_and_logs_the_views(tmp_path):
-    raw, spec = replayed_study(tmp_path)
+    raw, spec = replayed_study(tmp_path, scheduler={"name": "none"})  # all complete: every view has its trials
     storage = layout.storage_path(spec)
     tracker = tracking.start_study(spec, write_study(tmp_path / "study.yaml", raw), storage)
     with local_ray():

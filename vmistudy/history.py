@@ -3,7 +3,9 @@
 The driver-side `study.OptunaHistory` callback records each sampled configuration, once all its trials have ended,
 as one trial of the Optuna study `spec.name` in a sqlite store beside the MLflow one (<search.storage>/optuna.db):
 its sampled values, and the value the searcher was told (`Replicates`: the mean of the final search.metric over
-its replicates, the lambda_mi = 0 twins left out). The twins' values are user attrs of the trial. optuna-dashboard
+its replicates, the lambda_mi = 0 twins left out). The twins' values are user attrs of the trial. A configuration
+stopped before the last epoch (ASHA) is a PRUNED trial with that value at the epoch it reached: the views draw
+completed trials, which then all ran every epoch. optuna-dashboard
 serves the store while the study runs (`dashboard_command`); `draw` writes Optuna's four matplotlib views for
 the report. A configuration is recorded once, across driver kills, takeovers of lost trials and --resume: by its
 number in the order sampled, which Tune keeps, and its values. No Ray here: the report reads it.

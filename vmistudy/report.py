@@ -376,7 +376,8 @@ def _optuna_section(spec: config.StudySpec, out: Path) -> list[str]:
     """Optuna's views of the search, drawn from the study's Optuna history (study.OptunaHistory)."""
     from . import history  # here, in the other process: Optuna and matplotlib import while MLflow is read
 
-    lines = ["## Optuna's views of the search (one point per configuration: the mean over its seeds)", ""]
+    lines = ["## Optuna's views of the search (one point per configuration that ran every epoch: the mean over its "
+             "seeds)", ""]
     study = history.load(spec)
     if study is None:
         where = history.storage_url(spec)

@@ -437,16 +437,22 @@ class OptunaHistory(tune.Callback):
         values = [value for twin, value in finals if not twin]
         scored = [v for v in values if v is not None]
         params = _sampled(group[0].config)
+        epochs = [(t.last_result or {}).get("epoch") for t in group]
         attrs = {history.CONFIGURATION: number, history.TRIAL_IDS: [t.trial_id for t in group], "values": values,
-                 "epochs": [(t.last_result or {}).get("epoch") for t in group]}
+                 "epochs": epochs}
         if search.paired_baseline:
             attrs["twin_values"] = [value for twin, value in finals if twin]
         distributions = {k: history.distribution(search.space[k]) for k in params}
         if not scored:  # no replicate reported (all errored): the searcher is told NaN, a failed trial
             return optuna.trial.create_trial(state=TrialState.FAIL, params=params, distributions=distributions,
                                              user_attrs=attrs)
-        return optuna.trial.create_trial(value=sum(scored) / len(scored), params=params, distributions=distributions,
-                                         user_attrs=attrs)
+        value = sum(scored) / len(scored)
+        shortest = min((e for t, e in zip(group, epochs) if t.status != "ERROR" and e is not None),
+                       default=self.spec.train.epochs)
+        if shortest < self.spec.train.epochs:  # stopped early (ASHA): its value is no final one, as Optuna's pruned
+            return optuna.trial.create_trial(state=TrialState.PRUNED, params=params, distributions=distributions,
+                                             user_attrs=attrs, intermediate_values={shortest: value})
+        return optuna.trial.create_trial(value=value, params=params, distributions=distributions, user_attrs=attrs)
 
 
 def _number(trial) -> int:
