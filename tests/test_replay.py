@@ -36,6 +36,16 @@ def table_path(tmp_path_factory):
     return path
 
 
+def replayed_study(name: str, tmp_path, table_path, **search) -> dict:
+    """A study file's contents: the table replayed by Optuna, 2 seeds per configuration, 4 trials at a time."""
+    return {"name": name, "data": {"name": "synthetic"},
+            "model": {"hidden": 32, "gaussian_dims": 4, "categories": 4}, "train": {"epochs": EPOCHS},
+            "mi": {"lambda_mi": 1.0}, "replay": {"table": str(table_path)},
+            "search": {"metric": "accuracy_hungarian", "algorithm": "optuna", "replicates": 2, "max_concurrent": 4,
+                       "storage": str(tmp_path / "results"), **search},
+            "tracking": {"figures_every": 0, "log_model": False}}
+
+
 def spec_at(table_path, **sections):
     return make_spec(replay={"table": str(table_path)}, train={"epochs": EPOCHS, **sections.pop("train", {})},
                      **sections)
@@ -77,15 +87,10 @@ def test_a_file_that_is_not_a_table_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.ray
 def test_a_50_trial_replayed_study_reports_the_tables_numbers_to_tune_and_mlflow(tmp_path, table_path):
-    raw = {"name": "replayed", "data": {"name": "synthetic"},
-           "model": {"hidden": 32, "gaussian_dims": 4, "categories": 4}, "train": {"epochs": EPOCHS},
-           "mi": {"lambda_mi": 1.0}, "replay": {"table": str(table_path)},
-           "search": {"metric": "accuracy_hungarian", "algorithm": "optuna", "num_samples": 25, "replicates": 2,
-                      "max_concurrent": 4, "storage": str(tmp_path / "results"),
-                      "space": {"mi.lambda_mi": {"choice": list(LAMBDAS)}, "train.beta": {"uniform": [1.0, 2.0]},
+    raw = replayed_study("replayed", tmp_path, table_path, num_samples=25,
+                         space={"mi.lambda_mi": {"choice": list(LAMBDAS)}, "train.beta": {"uniform": [1.0, 2.0]},
                                 "train.capacity.gaussian.cap": {"choice": list(CAPS)}},
-                      "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
-           "tracking": {"figures_every": 0, "log_model": False}}
+                         scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
     start = time.perf_counter()
     code, log = run_study(write_study(tmp_path / "replayed.yaml", raw), log=tmp_path / "run.log")
     print(f"50 replayed trials through the service in {time.perf_counter() - start:.1f} s")
@@ -109,3 +114,20 @@ def test_a_50_trial_replayed_study_reports_the_tables_numbers_to_tune_and_mlflow
         assert logged == [(r["epoch"], r["accuracy_hungarian"]) for r in rows]
         assert run.info.status == "FINISHED" and run.data.params["replay.table"] == str(table_path)
     assert stopped_early > 0, "ASHA stopped some replayed trials early"
+
+
+@pytest.mark.ray
+def test_a_discrete_space_trains_each_configuration_once_and_the_study_ends_when_it_is_exhausted(tmp_path, table_path):
+    raw = replayed_study("exhausted", tmp_path, table_path, num_samples=20, startup_trials=2,
+                         space={"mi.lambda_mi": {"choice": list(LAMBDAS)},
+                                "train.capacity.gaussian.cap": {"choice": list(CAPS)}},
+                         scheduler={"name": "none"})
+    code, log = run_study(write_study(tmp_path / "exhausted.yaml", raw), log=tmp_path / "run.log")
+    assert code == 0, log[-3000:]
+    assert f"proposed had all been tried: the space is exhausted or the search has converged; it ends after " \
+           f"{len(LAMBDAS) * len(CAPS)}" in log
+    trials = results(tmp_path / "results" / "exhausted").values()
+    configurations = [(rows[0]["config"]["mi.lambda_mi"], rows[0]["config"]["train.capacity.gaussian.cap"],
+                       rows[0]["seed"]) for rows in trials]
+    assert sorted(configurations, key=str) == sorted(itertools.product(LAMBDAS, CAPS, SEEDS), key=str)
+    assert all(len(rows) == EPOCHS for rows in trials)

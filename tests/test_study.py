@@ -9,6 +9,8 @@ import signal
 import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from conftest import REPO, make_spec, run_cli
@@ -50,6 +52,40 @@ def test_conditional_parameter_sampled_only_when_its_condition_holds():
         assert 1.0 <= trial.params["mi.lambda_mi"] <= 10.0
         optuna_study.tell(trial, 0.0)
     assert min(seen.values()) > 0
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "random"])
+def test_a_configuration_proposed_again_is_told_its_outcome_not_trained_again(algorithm, capsys):
+    spec = make_spec(search={"algorithm": algorithm, "startup_trials": 2, "replicates": 1, "num_samples": 20,
+                             "space": {"mi.lambda_mi": {"choice": [0.0, 1.0, 3.0]}}})
+    searcher = study._search_algorithm(spec).searcher
+    trained = []
+    for i in range(40):  # without TriedOnce: 40 trained, no end
+        config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        trained.append(config["mi.lambda_mi"])
+        searcher.on_trial_complete(f"t{i}", {searcher.metric: 0.1 * (1 + trained[-1])})
+    assert sorted(trained) == [0.0, 1.0, 3.0]  # each once, then the search ends
+    assert "the space is exhausted or the search has converged; it ends after 3" in capsys.readouterr().out
+    told = searcher._ot_study.get_trials(deepcopy=False)
+    assert len(told) >= 3 + study.TriedOnce.PATIENCE
+    assert all(t.value == pytest.approx(0.1 * (1 + t.params["mi.lambda_mi"])) for t in told)  # repeats: the same
+
+
+def test_a_repeat_of_a_configuration_still_training_waits_for_its_outcome():
+    spec = make_spec(search={"algorithm": "random", "replicates": 1, "num_samples": 20,
+                             "space": {"mi.lambda_mi": {"choice": [1.0, 3.0]}}})
+    searcher = study._search_algorithm(spec).searcher
+    a, b = searcher.suggest("a")["mi.lambda_mi"], searcher.suggest("b")["mi.lambda_mi"]
+    assert {a, b} == {1.0, 3.0} and searcher.suggest("c") == Searcher.FINISHED
+    waiting = [t for t in searcher._ot_study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    assert len(waiting) >= 2 + study.TriedOnce.PATIENCE  # a, b and their repeats, told nothing yet
+    searcher.on_trial_complete("a", {searcher.metric: 0.5})
+    searcher.on_trial_complete("b", {searcher.metric: 0.25})
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert {t.params["mi.lambda_mi"]: t.value for t in trials} == {a: 0.5, b: 0.25}
 
 
 def test_asha_rungs_rank_on_the_scheduler_metric_at_the_first_milestones():

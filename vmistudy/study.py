@@ -1,8 +1,9 @@
 """Ray Tune adapter: the study's search space, searcher, scheduler and trainable.
 
-Every algorithm runs through OptunaSearch with a define-by-run space (TPE, random or grid sampler),
-wrapped by `Replicates`, which turns each sampled configuration into `replicates` seeds and, with
-`paired_baseline`, a lambda_mi = 0 twin of each seed (same seed, so same initial weights): its members.
+Every algorithm runs through OptunaSearch with a define-by-run space (TPE, random or grid sampler), as
+`TriedOnce` (a configuration proposed again is told its outcome, not trained again), wrapped by
+`Replicates`, which turns each sampled configuration into `replicates` seeds and, with `paired_baseline`, a
+lambda_mi = 0 twin of each seed (same seed, so same initial weights): its members.
 Twins are spared by ASHA and do not count toward the score the searcher sees. With `bundle`, a
 configuration's members are one Tune trial instead, trained as one vectorized model (bundle.py), each
 member with its own MLflow run; Tune, ASHA and the searcher see the mean of its members with lambda_mi > 0.
@@ -33,7 +34,7 @@ import torch
 from ray import tune
 from ray.tune.result import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import Repeater
+from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.repeater import TRIAL_INDEX
 
@@ -67,6 +68,51 @@ class SearchSpace:
                 chosen[path] = trial.suggest_int(path, *p.int)
             else:
                 chosen[path] = trial.suggest_float(path, *getattr(p, p.kind), log=p.kind == "loguniform")
+
+
+class TriedOnce(OptunaSearch):
+    """OptunaSearch that trains a configuration once. Where the space is discrete its sampler proposes
+    configurations already tried (a fifth of TPE's suggestions on the learning-curve table), which would train
+    again with the same seeds to the same numbers: such a proposal is told the outcome the configuration
+    already had (or will have) and the sampler is asked again. After PATIENCE proposals in a row that were all
+    tried, the space is exhausted or the sampler has converged, and the search ends."""
+
+    PATIENCE = 50
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tried: dict[str, tuple | None] = {}  # configuration -> (result, error) told, None while it trains
+        self._waiting: dict[str, list[str]] = {}  # configuration -> proposals waiting for its outcome
+        self._proposal: dict[str, tuple[str, str]] = {}  # trial id -> (Optuna's id for it, configuration)
+
+    def suggest(self, trial_id: str):
+        for attempt in range(self.PATIENCE):
+            proposal = trial_id if attempt == 0 else f"{trial_id}~{attempt}"
+            config = super().suggest(proposal)
+            if not isinstance(config, dict):
+                return config
+            key = json.dumps(config, sort_keys=True, default=str)
+            if key not in self._tried:
+                self._tried[key] = None
+                self._proposal[trial_id] = proposal, key
+                return config
+            self._waiting.setdefault(key, []).append(proposal)
+            if self._tried[key] is not None:
+                self._tell(key)
+        print(f"note: the last {self.PATIENCE} configurations the searcher proposed had all been tried: the space "
+              f"is exhausted or the search has converged; it ends after {len(self._tried)}", flush=True)
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        proposal, key = self._proposal[trial_id]
+        super().on_trial_complete(proposal, result, error)
+        self._tried[key] = result, error
+        self._tell(key)
+
+    def _tell(self, key: str) -> None:
+        result, error = self._tried[key]
+        for proposal in self._waiting.pop(key, []):
+            super().on_trial_complete(proposal, result, error)
 
 
 MEMBERS = "members"  # in a bundle trial's report: each member's metrics, with its seed and lambda_mi
@@ -139,7 +185,7 @@ def _search_algorithm(spec: StudySpec) -> Replicates:
                "grid": lambda: optuna.samplers.GridSampler(
                    {path: p.choice for path, p in search.space.items()}, seed=search.seed)}[search.algorithm]()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(space=SearchSpace(search), metric=search.metric, mode=search.mode, sampler=sampler)
+    searcher = TriedOnce(space=SearchSpace(search), metric=search.metric, mode=search.mode, sampler=sampler)
     return Replicates(searcher, search)
 
 
