@@ -72,7 +72,7 @@ class SearchSpace:
 
 class TriedOnce(OptunaSearch):
     """OptunaSearch that trains a configuration once. Where the space is discrete its sampler proposes
-    configurations already tried (a fifth of TPE's suggestions on the learning-curve table), which would train
+    configurations already tried (18% of what TPE trained on the learning-curve table), which would train
     again with the same seeds to the same numbers: such a proposal is told the outcome the configuration
     already had (or will have) and the sampler is asked again. After PATIENCE proposals in a row that were all
     tried, the space is exhausted or the sampler has converged, and the search ends."""
