@@ -14,7 +14,7 @@ from vmistudy import config
 from vmistudy import data as datasets
 from vmistudy.latents import DiagonalGaussian, GumbelSoftmax, mixture_entropy_lower_bound, standard_normal_entropy
 from vmistudy.networks import Forward, Posterior, QNetwork, mean_image
-from vmistudy.objective import (capacity, elbo_terms, invariance_mi, mi_lower_bound, mi_targets,
+from vmistudy.objective import (capacity, elbo_terms, invariance_mi, mi_lower_bound, mi_targets, mi_warmup,
                                 reconstruction_nll, target_entropy, temperature, virtual_adversarial)
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
@@ -403,6 +403,24 @@ def test_adversarial_copies_train_differently_from_affine_ones_and_leave_the_met
         affine = datasets.random_affine(x, spec.rotate, spec.translate, spec.scale, torch.Generator().manual_seed(0))
         assert torch.equal(metric, trainer.vae.encode(affine).categorical.probs)
     assert state_equal(runs["affine"], runs["adversarial"]) != []
+
+
+def test_mi_warmup_rises_linearly_to_one_then_stays():
+    spec = config.MISpec(lambda_mi=5.0, warmup_steps=200)
+    assert [mi_warmup(s, spec) for s in (0, 50, 100, 200, 201, 10 ** 6)] == [0.0, 0.25, 0.5, 1.0, 1.0, 1.0]
+    assert mi_warmup(0, config.MISpec(lambda_mi=5.0)) == 1.0  # no warm-up: the thesis' full weight from step 0
+
+
+@pytest.mark.parametrize("step, expected_lambda", [(0, 0.0), (2, 3.0), (4, 6.0), (9, 6.0)])
+def test_warmup_trains_as_the_ramped_lambda_at_that_step(step, expected_lambda):
+    """lambda 6 over 4 warm-up steps updates the model at step s exactly as lambda 6 * min(1, s / 4) does."""
+    runs = []
+    for mi in ({"lambda_mi": 6.0, "warmup_steps": 4}, {"lambda_mi": expected_lambda}):
+        _, trainer = _trainer(mi=mi)
+        trainer.step = step  # the same temperature and capacity in both; only the MI weight may differ
+        trainer.train_step(trainer.images(trainer.data.train_images[:64]))
+        runs.append(_snapshot(trainer.vae))
+    assert state_equal(*runs) == []
 
 
 def test_lambda_changes_the_vae_update_but_not_the_q_update():

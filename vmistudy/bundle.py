@@ -31,7 +31,7 @@ from . import data as datasets
 from .config import Recipe
 from .errors import InputError
 from .networks import mean_image
-from .objective import elbo_terms, mi_lower_bound, mi_targets, target_entropy, temperature
+from .objective import elbo_terms, mi_lower_bound, mi_targets, mi_warmup, target_entropy, temperature
 from .trainer import DivergenceError, Epoch, Progress, Trainer, autocast, pick_device
 
 Tensors = dict[str, torch.Tensor]  # a pytree vmap maps over: absent latent parts are absent keys, never None
@@ -201,7 +201,8 @@ class Bundle:
                 mi = vmap(lambda q, targets, h: mi_lower_bound(self._log_q(q, targets), h))(
                     *(self._with_mi(tree) for tree in (as_parameters(self.q_leaves), targets, entropies)))
             self._check_finite({"mi_lower_bound": mi}, self.with_mi)
-            loss = loss.index_add(0, self.with_mi, -self.lambda_mi[self.with_mi] * mi)
+            weight = self.lambda_mi[self.with_mi] * mi_warmup(step, recipe.mi)
+            loss = loss.index_add(0, self.with_mi, -weight * mi)
         self.vae_opt.zero_grad(set_to_none=True)
         loss.sum().backward(inputs=list(self.vae_leaves.values()))
         self.vae_opt.step()

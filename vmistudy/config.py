@@ -168,6 +168,9 @@ class InvarianceSpec(Section):
 
 class MISpec(Section):
     lambda_mi: float = Field(0.0, ge=0, description="weight of the MI regularizer; 0 trains the ELBO alone")
+    warmup_steps: StrictInt = Field(0, ge=0, description="the MI term's weight rises linearly from 0 to lambda_mi "
+                                                         "over this many steps (beyond the thesis); 0: full from the "
+                                                         "first step")
     gaussian: list[StrictInt] = Field(default_factory=list, description="indices of Gaussian dims in c^")
     categorical: StrictBool = True
     entropy: Literal["aggregate", "prior"] = Field(

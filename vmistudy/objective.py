@@ -26,6 +26,12 @@ def temperature(step: int, spec: TemperatureSpec) -> float:
     return max(spec.min, spec.start * math.exp(-spec.rate * held))
 
 
+def mi_warmup(step: int, spec: MISpec) -> float:
+    """The share of lambda_mi the MI term gets at this step: rising linearly over mi.warmup_steps, so that the
+    code first forms from the ELBO alone before the MI term shapes it."""
+    return min(1.0, step / spec.warmup_steps) if spec.warmup_steps else 1.0
+
+
 def reconstruction_nll(logits: torch.Tensor, x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """-log p(x|z,c) summed over pixels, per sample."""
     if spec.likelihood == "bernoulli":

@@ -22,8 +22,8 @@ from . import data as datasets
 from .config import Recipe
 from .metrics import accuracy_majority, cluster_scores, frozen_mi
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
-from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, target_entropy, temperature,
-                        virtual_adversarial)
+from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, mi_warmup, target_entropy,
+                        temperature, virtual_adversarial)
 
 EVAL_BATCH = 1000
 EVAL_SEED = 2024  # evaluation draws are the same at every epoch: a metric is a function of the weights
@@ -147,7 +147,7 @@ class Trainer:
                     copies = self.code_of_copies(x, self.sample_rng, out.posterior.categorical.log_probs.detach())
                     mi = mi + recipe.mi.invariance.weight * invariance_mi(out.posterior.categorical.probs, copies)
             self._check_finite({"mi_lower_bound": mi})
-            loss = loss - recipe.mi.lambda_mi * mi
+            loss = loss - recipe.mi.lambda_mi * mi_warmup(self.step, recipe.mi) * mi
         self.vae_opt.zero_grad(set_to_none=True)
         loss.backward(inputs=self.vae_parameters)
         self.vae_opt.step()
