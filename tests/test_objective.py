@@ -169,6 +169,19 @@ def test_mixture_prior_keeps_the_networks_initial_weights():
     assert all(torch.equal(v, mixed[k]) for k, v in standard.state_dict().items())
 
 
+def test_mixture_prior_spread_scales_the_means_and_zero_starts_as_the_standard_prior():
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    models, terms = {}, {}
+    for name, model in (("standard", {}), ("spread 0", {"prior": "mixture", "prior_spread": 0.0}),
+                        ("spread 1", {"prior": "mixture"}), ("spread 3", {"prior": "mixture", "prior_spread": 3.0})):
+        spec = make_spec(model=model, mi={"gaussian": []})
+        models[name] = build_vae(spec, (1, 28, 28))
+        terms[name] = elbo_terms(models[name](x, 1.0, torch.Generator().manual_seed(1)), x, spec.model)
+    assert torch.equal(models["spread 3"].prior_means, 3.0 * models["spread 1"].prior_means)
+    assert torch.allclose(terms["spread 0"].kl_per_dim, terms["standard"].kl_per_dim, atol=1e-6)
+    assert not torch.allclose(terms["spread 1"].kl_per_dim, terms["standard"].kl_per_dim, atol=1e-2)
+
+
 def test_gaussian_likelihood_is_normal_log_prob_of_the_sigmoid_mean():
     spec = make_spec(model={"likelihood": "gaussian", "likelihood_std": 0.2})
     g = torch.Generator().manual_seed(1)

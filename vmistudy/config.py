@@ -99,6 +99,8 @@ class ModelSpec(Section):
     prior: Literal["standard", "mixture"] = Field(
         "standard", description="p(z): N(0, I) as in the thesis, or mixture: p(z|c) = N(mu_c, I) with learned "
                                 "means mu_c, one per category (GMVAE-style; needs both latent parts)")
+    prior_spread: float = Field(1.0, ge=0, description="mixture: the means' initial draw is N(0, spread^2 I); "
+                                                      "0 starts every mu_c at the origin, as the standard prior")
 
     @model_validator(mode="after")
     def _some_latent(self) -> ModelSpec:

@@ -86,7 +86,8 @@ class VAE(nn.Module):
         self.head = nn.Linear(features, 2 * self.d + self.k)
         self.decoder = decoder_net(spec.backbone, self.d + self.k, shape, spec.hidden)
         # created last, so that the layers above get the same initial weights under either prior
-        self.prior_means = nn.Parameter(torch.randn(self.k, self.d)) if spec.prior == "mixture" else None
+        self.prior_means = (nn.Parameter(spec.prior_spread * torch.randn(self.k, self.d)) if spec.prior == "mixture"
+                            else None)
 
     def encode(self, x: torch.Tensor) -> Posterior:
         params = self.head(self.body(x))
