@@ -64,6 +64,19 @@ def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misse
     assert "the ELBO picks lambda_mi=1 cap=2: accuracy_hungarian 0.5000, 0.0 points below (goal 2: met)" in out
 
 
+def test_the_picks_are_also_made_at_each_lambda_mi_among_its_configurations(tmp_path, capsys):
+    rows = {**ROWS, (3.0, 6.0): [(0.46, 1.9, -118)] * 3}  # at lambda 3 the bound keeps cap 2 (0.45), the labels 6
+    path = tmp_path / "t.csv"
+    table(rows).to_csv(path, index=False)
+    label_free.main(["--table", str(path)])
+    out = capsys.readouterr().out
+    assert "configurations at lambda_mi=3 (2): the labels pick lambda_mi=3 cap=6: accuracy_hungarian 0.4600" in out
+    assert "  the categorical MI bound picks lambda_mi=3 cap=2: accuracy_hungarian 0.4500, 1.0 points below " \
+           "(goal 2: met)" in out
+    assert "the ELBO picks lambda_mi=3 cap=6: accuracy_hungarian 0.4600, 0.0 points below (goal 2: met)" in out
+    assert "at lambda_mi=1" not in out  # one configuration there: nothing to choose
+
+
 def test_a_table_without_lambda_mi_is_one_group(tmp_path, capsys):
     path = tmp_path / "t.csv"
     table(ROWS).drop(columns="mi.lambda_mi").rename(columns={"train.capacity.gaussian.cap": "train.beta"}) \
