@@ -4,7 +4,8 @@ ELBO (4.19) = E_q[log p(x|z,c)] - KL(q(z|x)||p(z)) - KL(q(c|x)||p(c)); under the
 z term is E_q(c|x) KL(q(z|x)||p(z|c)).
 MI   (4.9)  = E[log Q(c^|x~)] + H(c^), c^ the chosen code parts, x~ the decoder mean; H(c^) is that of the
 aggregate posterior q(c^) = E_x q(c^|x), taken from below, or the thesis' prior constants (`mi.entropy`).
-Beyond the thesis, `mi.invariance` adds weight * I(c; c') to MI: the code of x against that of a transformed x.
+Beyond the thesis, `mi.invariance` adds weight * I(c; c') to MI (the code of x against that of a transformed x),
+and `mi.warmup_steps` ramps lambda_mi up from 0 over the first steps (`mi_warmup`).
 """
 from __future__ import annotations
 
