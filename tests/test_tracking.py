@@ -181,7 +181,7 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     # the trials' eq. 4.8 bounds (mi.fresh_q_steps) reach the tables, each twin's beside its run
     assert "frozen_mi_lower_bound_prior (twin)" in text
     assert "- lambda 5: frozen_mi_lower_bound_prior difference, mean +- 95% CI over seeds" in text
-    for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png"):
+    for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png", "pair-0-contingency_heatmap.png"):
         assert (tmp_path / "report" / image).read_bytes()[:8] == PNG, image
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
     exp = client.get_experiment_by_name("tiny")

@@ -41,7 +41,7 @@ LABEL_FREE = ("mi_lower_bound_categorical", "invariance_mi")
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 # What the figures show of a large study (each costs MLflow calls, and more lines make a plot unreadable):
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
-PAIR_NAMES = ("categorical_swaps", "traversal_pair")  # a pair's final figures, shown side by side
+PAIR_NAMES = ("categorical_swaps", "contingency_heatmap", "traversal_pair")  # a pair's final figures, side by side
 FETCHES = 8  # MLflow reads at a time (fetched)
 
 
