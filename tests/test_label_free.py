@@ -26,6 +26,14 @@ ROWS = {(1.0, 2.0): [(0.50, 1.0, -100), (0.60, 2.0, -110), (0.40, 0.5, -90)],   
         (0.0, 2.0): [(0.30, 0.0, -80), (0.20, 0.1, -85), (0.40, 0.0, -95)]}
 
 
+def printed(frame: pd.DataFrame, tmp_path, capsys) -> str:
+    """What `python -m benchmarks.label_free --table T` prints for the table `frame`."""
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    label_free.main(["--table", str(path)])
+    return capsys.readouterr().out
+
+
 def test_restarts_keep_the_seed_each_score_prefers_and_compare_it_with_the_mean_seed():
     curves = replay.CurveTable(table(ROWS))
     gains = label_free.restarts(label_free.finals(curves, "accuracy_hungarian"), "accuracy_hungarian")
@@ -41,10 +49,7 @@ def test_early_restarts_keep_the_seed_the_bound_prefers_at_each_epoch_and_score_
     assert gains[(1.0, 2.0)] == pytest.approx([0.40 - 0.50, 0.60 - 0.50])
     assert gains[(3.0, 2.0)] == pytest.approx([0.0, 0.0])
     assert gains[(0.0, 2.0)] == pytest.approx([0.0, 0.20 - 0.30])
-    path = tmp_path / "t.csv"
-    table(ROWS).to_csv(path, index=False)
-    label_free.main(["--table", str(path)])
-    out = capsys.readouterr().out
+    out = printed(table(ROWS), tmp_path, capsys)
     assert "early restarts: 3 seeds to epoch k, the one the categorical MI bound prefers then trained to epoch 2" in out
     assert "epoch  1: -5.00 +- 63.53 points; 4 trial-epochs of 6; the same final metric as the last epoch's pick " \
            "in 50%" in out
@@ -53,10 +58,7 @@ def test_early_restarts_keep_the_seed_the_bound_prefers_at_each_epoch_and_score_
 
 
 def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misses(tmp_path, capsys):
-    path = tmp_path / "t.csv"
-    table(ROWS).to_csv(path, index=False)
-    label_free.main(["--table", str(path)])
-    out = capsys.readouterr().out
+    out = printed(table(ROWS), tmp_path, capsys)
     assert "lambda_mi > 0 (2 configurations)" in out and "lambda_mi = 0" not in out  # one twin: no interval
     assert "the labels pick lambda_mi=1 cap=2: accuracy_hungarian 0.5000" in out
     assert "the categorical MI bound picks lambda_mi=3 cap=2: accuracy_hungarian 0.4500, 5.0 points below " \
@@ -66,10 +68,7 @@ def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misse
 
 def test_the_picks_are_also_made_at_each_lambda_mi_among_its_configurations(tmp_path, capsys):
     rows = {**ROWS, (3.0, 6.0): [(0.46, 1.9, -118)] * 3}  # at lambda 3 the bound keeps cap 2 (0.45), the labels 6
-    path = tmp_path / "t.csv"
-    table(rows).to_csv(path, index=False)
-    label_free.main(["--table", str(path)])
-    out = capsys.readouterr().out
+    out = printed(table(rows), tmp_path, capsys)
     assert "configurations at lambda_mi=3 (2): the labels pick lambda_mi=3 cap=6: accuracy_hungarian 0.4600" in out
     assert "  the categorical MI bound picks lambda_mi=3 cap=2: accuracy_hungarian 0.4500, 1.0 points below " \
            "(goal 2: met)" in out
@@ -78,11 +77,9 @@ def test_the_picks_are_also_made_at_each_lambda_mi_among_its_configurations(tmp_
 
 
 def test_a_table_without_lambda_mi_is_one_group(tmp_path, capsys):
-    path = tmp_path / "t.csv"
-    table(ROWS).drop(columns="mi.lambda_mi").rename(columns={"train.capacity.gaussian.cap": "train.beta"}) \
-        .assign(**{"train.beta": lambda f: f.index // 6}).to_csv(path, index=False)  # 3 configurations
-    label_free.main(["--table", str(path)])
-    out = capsys.readouterr().out
+    frame = table(ROWS).drop(columns="mi.lambda_mi").rename(columns={"train.capacity.gaussian.cap": "train.beta"}) \
+        .assign(**{"train.beta": lambda f: f.index // 6})  # 3 configurations
+    out = printed(frame, tmp_path, capsys)
     # one group under each of the two restart questions
     assert out.count("configurations):") == 2 == out.count("all configurations (3 configurations):")
     assert "lambda_mi" not in out and "the labels pick beta=0: accuracy_hungarian 0.5000" in out
@@ -133,10 +130,7 @@ def test_a_table_with_the_invariance_metric_scores_it_too(tmp_path, capsys):
     frame = table(ROWS)
     # the invariance score keeps the seed the labels keep, and picks the labels' configuration
     frame["invariance_mi"] = frame["accuracy_hungarian"] * 2
-    path = tmp_path / "t.csv"
-    frame.to_csv(path, index=False)
-    label_free.main(["--table", str(path)])
-    out = capsys.readouterr().out
+    out = printed(frame, tmp_path, capsys)
     assert "the code's invariance I(c; c')" in out
     assert "the code's invariance I(c; c') picks lambda_mi=1 cap=2: accuracy_hungarian 0.5000, 0.0 points below " \
            "(goal 2: met)" in out
