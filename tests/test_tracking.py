@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 
 from conftest import PYTHON
 from ray_support import results, run_study, saved_epochs, start, stop_group, tiny_study
+from vmistudy import report
+from vmistudy.cli import load_study
 from vmistudy.tracking import ROLE_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.ray
@@ -140,6 +142,11 @@ def test_real_mlflow_server_receives_every_run_metric_and_image(tmp_path):
             if len(trials[trial_id]) == 3:
                 listed = rest(base, f"artifacts/list?run_id={run_id}&path=figures/final")
                 assert any(f["path"].endswith(".png") for f in listed.get("files", []))
+        # the report asks a server in 16 parts, by the run id's last digit: every trial run once, newest first
+        spec = load_study(str(study), [], service=True)
+        read = report.trial_runs(report.open_study(spec, str(study)))
+        assert sorted(read.run_id) == sorted(r["info"]["run_id"] for r in children)
+        assert read.start_time.is_monotonic_decreasing and read.lambda_mi.notna().all()
     finally:
         stop_group(server.pid)  # the whole group: the server's workers too
     assert server.poll() is not None

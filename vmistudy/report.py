@@ -43,13 +43,14 @@ PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
 PAIR_NAMES = ("categorical_swaps", "contingency_heatmap", "traversal_pair")  # a pair's final figures, side by side
 FETCHES = 8  # MLflow reads at a time (fetched)
+RUN_ID_DIGITS = "0123456789abcdef"  # a run id is a uuid's hex: its last digit splits a search into 16 even parts
 
 
 def trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
     """The study's trial runs (final metrics, params as numbers where they all are), with lambda_mi and seed."""
     mlflow.set_tracking_uri(tracker.uri)
     with _cyclic_gc_off():
-        runs = mlflow.search_runs([tracker.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{tracker.parent_run_id}'")
+        runs = _search_runs(tracker, f"tags.`{tracking.PARENT_TAG}` = '{tracker.parent_run_id}'")
     for column in [c for c in runs if c.startswith("params.")]:
         numbers = pd.to_numeric(runs[column], errors="coerce")
         if numbers.notna().all():
@@ -57,6 +58,25 @@ def trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
     runs["lambda_mi"] = runs["params.mi.lambda_mi"].astype(float)
     runs["seed"] = runs["params.train.seed"].astype(int)
     return runs
+
+
+def _search_runs(tracker: tracking.StudyTracker, where: str) -> pd.DataFrame:
+    """mlflow.search_runs, in MLflow's order (newest first). A tracking server is asked in 16 parts at once, one
+    per last digit of the run id: its workers answer them in parallel, and a part's 60-odd runs spare its garbage
+    collector the rescans that one 1,000-run answer costs (4.4 -> 2.6 s at 1,000 runs, 2 workers). A local store
+    answers one search faster than 16."""
+    if not tracking.served(tracker.uri):
+        return mlflow.search_runs([tracker.experiment_id], where)
+
+    def part(digit: str) -> pd.DataFrame:
+        return mlflow.search_runs([tracker.experiment_id], f"{where} and attributes.run_id LIKE '%{digit}'")
+
+    parts = fetched(part, [(digit,) for digit in RUN_ID_DIGITS])
+    found = [runs for runs in parts.values() if len(runs)]
+    if not found:
+        return parts[(RUN_ID_DIGITS[0],)]
+    return pd.concat(found, ignore_index=True).sort_values(["start_time", "run_id"], ascending=[False, True],
+                                                           ignore_index=True)
 
 
 @contextlib.contextmanager

@@ -80,11 +80,16 @@ def experiment_name(spec: StudySpec) -> str:
     return spec.tracking.experiment or spec.name
 
 
+def served(uri: str) -> bool:
+    """Whether `uri` names a tracking server (rather than a local store)."""
+    return urlsplit(uri).scheme in ("http", "https")
+
+
 def answers(uri: str, timeout: float = PROBE_SECONDS) -> bool:
     """Whether a tracking server takes a connection (a local store always does)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
+    if not served(uri):
         return True
+    parts = urlsplit(uri)
     try:
         with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
                                       timeout=timeout):
