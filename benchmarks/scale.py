@@ -69,11 +69,24 @@ def study_file(folder: Path, trials: int, uri: str | None, table: Path) -> Path:
     raw["replay"] = {"table": str(table)}
     raw["resources"] = {"cpu": 2 / CONCURRENT}
     raw["search"].update(algorithm="optuna", num_samples=trials // raw["search"]["replicates"],
-                         max_concurrent=CONCURRENT, storage=str(folder / "results"))
+                         max_concurrent=CONCURRENT, storage=str(folder / "results"),
+                         space={field: ranged(param) for field, param in raw["search"]["space"].items()})
     raw["tracking"] = {"uri": uri, "figures_every": 0, "log_model": False}
     path = folder / "scale.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def ranged(param: dict) -> dict:
+    """An all-number choice as the range it spans (log where it spans a decade), others as they are. With ranges
+    every configuration is new, so the study runs all its trials: the service tells a configuration proposed
+    again its outcome instead of running it, and ends a study whose points are all tried (the table's 96 are,
+    after 288 trials). Each trial replays the table's point nearest its values."""
+    values = param.get("choice", [None])
+    if not all(isinstance(v, (int, float)) for v in values):
+        return param
+    low, high = min(values), max(values)
+    return {"loguniform" if low > 0 and high >= 10 * low else "uniform": [low, high]}
 
 
 def free_port() -> int:
@@ -127,6 +140,10 @@ def measure(store: str, trials: int, table: Path) -> dict:
                 raise RuntimeError(f"the study failed ({driver['code']}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
             experiment = folder / "results" / "scale"
             trials = len(list(experiment.glob("*/result.json")))
+            asked = config.load(study).search
+            if trials < asked.num_samples * asked.replicates:
+                raise RuntimeError(f"the study ran {trials} of its {asked.num_samples * asked.replicates} trials:\n"
+                                   f"{done.stdout[-2000:]}")
             results = sum(len(p.read_text().splitlines()) for p in experiment.glob("*/result.json"))
             metrics = json.loads(next(experiment.glob("*/result.json")).read_text().splitlines()[0])
             epoch_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"

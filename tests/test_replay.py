@@ -10,8 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import make_spec, write_study
+from benchmarks import scale
 from ray_support import results, run_study
-from vmistudy import replay
+from vmistudy import config, replay
 from vmistudy.errors import InputError
 from vmistudy.tracking import TRIAL_TAG
 
@@ -131,3 +132,22 @@ def test_a_discrete_space_trains_each_configuration_once_and_the_study_ends_when
                        rows[0]["seed"]) for rows in trials]
     assert sorted(configurations, key=str) == sorted(itertools.product(LAMBDAS, CAPS, SEEDS), key=str)
     assert all(len(rows) == EPOCHS for rows in trials)
+
+
+def test_the_scale_study_has_new_configurations_for_all_its_trials(tmp_path):
+    """benchmarks.scale asks for 1,000 trials of the 96-point table. As choices its points would all be tried
+    after 288 trials and the study would end there (a configuration proposed again is told, not run); its
+    all-number knobs are ranges instead, each spanning the table's values, and a trial replays the nearest point."""
+    search = config.load(scale.study_file(tmp_path, 1000, None, scale.TABLE)).search
+    assert search.num_samples * search.replicates == 999
+    assert {field: param.kind for field, param in search.space.items()} == {
+        "mi.lambda_mi": "uniform", "train.temperature.min": "uniform", "train.temperature.rate": "loguniform",
+        "train.beta": "uniform", "train.capacity.gaussian.cap": "choice"}
+    table = replay.read(str(scale.TABLE))
+    for end in (0, 1):  # the ranges' ends replay the table's extreme points
+        values = {field: param.choice[0] if param.kind == "choice" else getattr(param, param.kind)[end]
+                  for field, param in search.space.items()}
+        point = table.nearest(values)
+        for field, value in zip(table.fields, point):
+            if search.space[field].kind != "choice":
+                assert value == sorted(p[table.fields.index(field)] for p in table.points)[-end]
