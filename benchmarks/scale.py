@@ -5,10 +5,10 @@
 For each store (the embedded sqlite store, a real `mlflow server` on 127.0.0.1 over its own sqlite file) it
 runs `python -m vmistudy.run` as a user would, on studies/curves.yaml with `replay.table` set (so epochs cost
 nothing and every cost left is the service's) and its all-number knobs searched as ranges (`ranged`), Optuna +
-ASHA, `--trials` trials (configurations x 3 replicates), 8 at a time. Then `python -m vmistudy.report` over the study. Printed per store, against goals:
-the driver's CPU time per reported result (goal <= 50 ms), wall time, the driver's peak memory, MLflow time per
-logged epoch (one `log_epoch` timed in a process of its own against the same store), and the report's wall
-time (goal <= 5 s).
+ASHA, `--trials` trials (configurations x 3 replicates), 8 at a time. Then `python -m vmistudy.report` over
+the study. Printed per store, against goals: the driver's CPU time per reported result (goal <= 50 ms), wall
+time, the driver's peak memory, MLflow time per logged epoch (one `log_epoch` timed in a process of its own
+against the same store), and the report's wall time (goal <= 5 s).
 """
 from __future__ import annotations
 
