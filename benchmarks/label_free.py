@@ -91,7 +91,14 @@ def restarts(runs: dict[tuple, dict[str, np.ndarray]], metric: str) -> dict[str,
 
 
 def interval(values: np.ndarray) -> str:
+    """The mean over configurations +- its 95% t half-width, in points; one configuration's value as it is."""
+    if len(values) < 2:
+        return f"{100 * values.mean():+.2f} points (one configuration: no interval)"
     return f"{100 * values.mean():+.2f} +- {100 * t_half_width(values.tolist()):.2f} points"
+
+
+def counted(configurations: dict) -> str:
+    return f"{len(configurations)} configuration{'' if len(configurations) == 1 else 's'}"
 
 
 def groups(table: replay.CurveTable, runs: dict) -> dict[str, dict]:
@@ -106,10 +113,10 @@ def groups(table: replay.CurveTable, runs: dict) -> dict[str, dict]:
 def print_restarts(table: replay.CurveTable, runs: dict, metric: str) -> None:
     print(f"restarts: keep 1 of {len(table.seeds)} seeds by a label-free score; {metric} against the mean seed")
     for name, chosen in groups(table, runs).items():
-        if len(chosen) < 2:
+        if not chosen:
             continue
         gains = restarts(chosen, metric)
-        print(f"  {name} ({len(chosen)} configurations):")
+        print(f"  {name} ({counted(chosen)}):")
         for score, gain in gains.items():
             print(f"    {SCORES.get(score, score):<33s}{interval(gain)}; better than the mean seed in "
                   f"{(gain > 0).mean():.0%}")
@@ -132,11 +139,11 @@ def print_early_restarts(table: replay.CurveTable, metric: str) -> None:
     print(f"early restarts: {seeds} seeds to epoch k, the one the categorical MI bound prefers then trained to epoch "
           f"{epochs}; its final {metric} against the mean seed")
     for name, chosen in groups(table, early_restarts(table, metric)).items():
-        if len(chosen) < 2:
+        if not chosen:
             continue
         gains = np.array(list(chosen.values()))  # configurations x epochs
         final = gains[:, -1]
-        print(f"  {name} ({len(chosen)} configurations):")
+        print(f"  {name} ({counted(chosen)}):")
         for k in range(1, epochs + 1):
             same = (gains[:, k - 1] == final).mean()
             print(f"    epoch {k:2d}: {interval(gains[:, k - 1])}; {seeds * k + epochs - k} trial-epochs of "

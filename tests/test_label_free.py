@@ -1,6 +1,8 @@
 """benchmarks.label_free on constructed tables whose answers are known."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -57,9 +59,17 @@ def test_early_restarts_keep_the_seed_the_bound_prefers_at_each_epoch_and_score_
            "in 100%" in out
 
 
+def test_a_group_of_one_configuration_prints_its_gains_without_an_interval(tmp_path, capsys):
+    """A study of one configuration and its twins (best_mnist's) has one configuration on each side of lambda."""
+    out = printed(table(ROWS), tmp_path, capsys)
+    assert out.count("  lambda_mi = 0 (1 configuration):") == 2  # restarts, early restarts
+    assert re.search(r"the categorical MI bound +-10\.00 points \(one configuration: no interval\)", out)
+    assert "epoch  2: -10.00 points (one configuration: no interval); 6 trial-epochs of 6" in out
+
+
 def test_the_command_prints_both_answers_and_says_when_the_label_free_pick_misses(tmp_path, capsys):
     out = printed(table(ROWS), tmp_path, capsys)
-    assert "lambda_mi > 0 (2 configurations)" in out and "lambda_mi = 0" not in out  # one twin: no interval
+    assert "lambda_mi > 0 (2 configurations)" in out  # and its one twin configuration without an interval (above)
     assert "the labels pick lambda_mi=1 cap=2: accuracy_hungarian 0.5000" in out
     assert "the categorical MI bound picks lambda_mi=3 cap=2: accuracy_hungarian 0.4500, 5.0 points below " \
            "(goal 2: not met)" in out
