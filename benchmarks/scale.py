@@ -83,7 +83,7 @@ def ranged(param: dict) -> dict:
     again its outcome instead of running it, and ends a study whose points are all tried (the table's 96 are,
     after 288 trials). Each trial replays the table's point nearest its values."""
     values = param.get("choice", [None])
-    if not all(isinstance(v, (int, float)) for v in values):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return param
     low, high = min(values), max(values)
     return {"loguniform" if low > 0 and high >= 10 * low else "uniform": [low, high]}

@@ -143,6 +143,7 @@ def test_the_scale_study_has_new_configurations_for_all_its_trials(tmp_path):
     assert {field: param.kind for field, param in search.space.items()} == {
         "mi.lambda_mi": "uniform", "train.temperature.min": "uniform", "train.temperature.rate": "loguniform",
         "train.beta": "uniform", "train.capacity.gaussian.cap": "choice"}
+    assert scale.ranged({"choice": [True, False]}) == {"choice": [True, False]}  # a switch is no range
     table = replay.read(str(scale.TABLE))
     for end in (0, 1):  # the ranges' ends replay the table's extreme points
         values = {field: param.choice[0] if param.kind == "choice" else getattr(param, param.kind)[end]
