@@ -55,6 +55,8 @@ STRATEGIES = {  # search-section overrides of studies/curves.yaml; keys not give
     "tpe(univariate)": {"algorithm": "optuna", "multivariate": False, "scheduler": {}},
     "tpe+asha kl rf 3": {"algorithm": "optuna", "scheduler": {"reduction_factor": 3}},
     "tpe(3 startup)+asha kl": {"algorithm": "optuna", "startup_trials": 3, "scheduler": {}},
+    "gp+asha kl": {"algorithm": "gp", "scheduler": {}},
+    "gp": {"algorithm": "gp", "scheduler": NO_STOPPING},
 }
 DEFAULT = "default"
 YARDSTICK = "(told the top third)"

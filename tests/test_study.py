@@ -54,7 +54,7 @@ def test_conditional_parameter_sampled_only_when_its_condition_holds():
     assert min(seen.values()) > 0
 
 
-@pytest.mark.parametrize("algorithm", ["optuna", "random"])
+@pytest.mark.parametrize("algorithm", ["optuna", "gp", "random"])
 def test_a_configuration_proposed_again_is_told_its_outcome_not_trained_again(algorithm, capsys):
     spec = make_spec(search={"algorithm": algorithm, "startup_trials": 2, "replicates": 1, "num_samples": 20,
                              "space": {"mi.lambda_mi": {"choice": [0.0, 1.0, 3.0]}}})

@@ -1,6 +1,6 @@
 """Ray Tune adapter: the study's search space, searcher, scheduler and trainable.
 
-Every algorithm runs through OptunaSearch with a define-by-run space (TPE, random or grid sampler), as
+Every algorithm runs through OptunaSearch with a define-by-run space (TPE, Gaussian-process, random or grid sampler), as
 `TriedOnce` (a configuration proposed again is told its outcome, not trained again), wrapped by
 `Replicates`, which turns each sampled configuration into `replicates` seeds and, with `paired_baseline`, a
 lambda_mi = 0 twin of each seed (same seed, so same initial weights): its members.
@@ -181,6 +181,7 @@ def _search_algorithm(spec: StudySpec) -> Replicates:
     search = spec.search
     sampler = {"optuna": lambda: optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials,
                                                             multivariate=search.multivariate),
+               "gp": lambda: optuna.samplers.GPSampler(seed=search.seed, n_startup_trials=search.startup_trials),
                "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
                "grid": lambda: optuna.samplers.GridSampler(
                    {path: p.choice for path, p in search.space.items()}, seed=search.seed)}[search.algorithm]()
