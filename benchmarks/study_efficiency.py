@@ -43,7 +43,7 @@ CLASSIC_ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2, "rungs
                 "metric": "accuracy_hungarian"}                                         # 2026-11-30: every rung,
 NO_STOPPING = {"name": "none"}                                                          # on the searched metric
 STRATEGIES = {  # search-section overrides of studies/curves.yaml; keys not given take the schema's defaults
-    "default": {"algorithm": "optuna", "scheduler": {}},
+    "default": {"scheduler": {}},  # the schema's: Optuna's GP sampler + ASHA, one rung on kl_categorical
     "random": {"algorithm": "random", "scheduler": NO_STOPPING},
     "tpe+asha (before)": {"algorithm": "optuna", "startup_trials": 10, "scheduler": CLASSIC_ASHA},
     "random+asha": {"algorithm": "random", "scheduler": CLASSIC_ASHA},
@@ -55,7 +55,7 @@ STRATEGIES = {  # search-section overrides of studies/curves.yaml; keys not give
     "tpe(univariate)": {"algorithm": "optuna", "multivariate": False, "scheduler": {}},
     "tpe+asha kl rf 3": {"algorithm": "optuna", "scheduler": {"reduction_factor": 3}},
     "tpe(3 startup)+asha kl": {"algorithm": "optuna", "startup_trials": 3, "scheduler": {}},
-    "gp+asha kl": {"algorithm": "gp", "scheduler": {}},
+    "tpe+asha kl": {"algorithm": "optuna", "scheduler": {}},  # the default until 2026-12-01
     "gp": {"algorithm": "gp", "scheduler": NO_STOPPING},
 }
 DEFAULT = "default"
@@ -112,6 +112,7 @@ def spec(strategy: str, seed: int, seeds: int, table: Path, storage: str, concur
     raw.update(name=re.sub(r"[^A-Za-z0-9._-]+", "-", f"{strategy}-{seed}"),
                replay={"table": str(table)}, resources={"cpu": 0.25}, tracking={"enabled": False})
     raw["train"]["seed"] = seed % seeds
+    del raw["search"]["algorithm"]  # the table's grid: a strategy names its own or takes the schema's default
     raw["search"].update(seed=seed, num_samples=budget, replicates=1, max_concurrent=concurrent, storage=storage,
                          **STRATEGIES[strategy])
     return config.validate(raw, source=strategy)

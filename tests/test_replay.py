@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import make_spec, write_study
-from benchmarks import scale
+from benchmarks import scale, study_efficiency
 from ray_support import results, run_study
 from vmistudy import config, replay
 from vmistudy.errors import InputError
@@ -134,12 +134,26 @@ def test_a_discrete_space_trains_each_configuration_once_and_the_study_ends_when
     assert all(len(rows) == EPOCHS for rows in trials)
 
 
+def test_the_efficiency_benchmarks_default_strategy_is_the_services_default_search(tmp_path):
+    """Its "default" row must measure what a study that says nothing gets (the table's own grid dropped)."""
+    def search(strategy):
+        return study_efficiency.spec(strategy, 7, 3, study_efficiency.TABLE, str(tmp_path), 2, 96).search
+
+    default, service = search("default"), config.SearchSpec()
+    assert (default.algorithm, default.startup_trials, default.multivariate, default.scheduler) == \
+        (service.algorithm, service.startup_trials, service.multivariate, service.scheduler)
+    assert (default.seed, default.replicates, default.num_samples) == (7, 1, 96)
+    assert {name: search(name).algorithm for name in ("random", "tpe+asha kl", "gp")} == \
+        {"random": "random", "tpe+asha kl": "optuna", "gp": "gp"}
+
+
 def test_the_scale_study_has_new_configurations_for_all_its_trials(tmp_path):
     """benchmarks.scale asks for 1,000 trials of the 96-point table. As choices its points would all be tried
     after 288 trials and the study would end there (a configuration proposed again is told, not run); its
     all-number knobs are ranges instead, each spanning the table's values, and a trial replays the nearest point."""
     search = config.load(scale.study_file(tmp_path, 1000, None, scale.TABLE)).search
     assert search.num_samples * search.replicates == 999
+    assert search.algorithm == config.SearchSpec().algorithm  # the service's default searcher, not the grid
     assert {field: param.kind for field, param in search.space.items()} == {
         "mi.lambda_mi": "uniform", "train.temperature.min": "uniform", "train.temperature.rate": "loguniform",
         "train.beta": "uniform", "train.capacity.gaussian.cap": "choice"}

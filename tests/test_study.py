@@ -54,7 +54,7 @@ def test_conditional_parameter_sampled_only_when_its_condition_holds():
     assert min(seen.values()) > 0
 
 
-@pytest.mark.parametrize("algorithm", ["optuna", "gp", "random"])
+@pytest.mark.parametrize("algorithm", ["auto", "optuna", "gp", "random"])
 def test_a_configuration_proposed_again_is_told_its_outcome_not_trained_again(algorithm, capsys):
     spec = make_spec(search={"algorithm": algorithm, "startup_trials": 2, "replicates": 1, "num_samples": 20,
                              "space": {"mi.lambda_mi": {"choice": [0.0, 1.0, 3.0]}}})
@@ -71,6 +71,20 @@ def test_a_configuration_proposed_again_is_told_its_outcome_not_trained_again(al
     told = searcher._ot_study.get_trials(deepcopy=False)
     assert len(told) >= 3 + study.TriedOnce.PATIENCE
     assert all(t.value == pytest.approx(0.1 * (1 + t.params["mi.lambda_mi"])) for t in told)  # repeats: the same
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_default_sampler_hands_over_from_its_first_to_its_second_at_the_switch():
+    first, second = (optuna.samplers.PartialFixedSampler({"x": x}, optuna.samplers.RandomSampler(seed=0))
+                     for x in (1.0, 2.0))
+    optuna_study = optuna.create_study(sampler=study.GPThenTPE(first, second, switch=3))
+    optuna_study.optimize(lambda trial: trial.suggest_float("x", 0.0, 3.0) + trial.suggest_float("y", 0.0, 1.0),
+                          n_trials=5)
+    assert [t.params["x"] for t in optuna_study.trials] == [1.0, 1.0, 1.0, 2.0, 2.0]
+    spec = make_spec(search={"space": {"mi.lambda_mi": {"uniform": [0.0, 10.0]}}})
+    sampler = study._search_algorithm(spec).searcher._sampler
+    assert spec.search.algorithm == "auto" and isinstance(sampler._gp, optuna.samplers.GPSampler)
+    assert isinstance(sampler._tpe, optuna.samplers.TPESampler) and sampler._switch == 100
 
 
 def test_a_repeat_of_a_configuration_still_training_waits_for_its_outcome():

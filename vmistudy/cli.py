@@ -65,6 +65,9 @@ def quiet(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category)
+    # Ray times the define-by-run space, in which the sampler fits its model (a Gaussian process: seconds with
+    # hundreds of trials), and warns as if the space trained something
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
 
 
 def load_study(path: str | Path, overrides: list[str], service: bool = False) -> config.StudySpec:

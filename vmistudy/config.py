@@ -237,11 +237,11 @@ SUBSET_PATH = "mi.subset"  # the search-space key that picks one of search.subse
 class SearchSpec(Section):
     metric: str = "mi_lower_bound"
     mode: Literal["max", "min"] = "max"
-    algorithm: Literal["optuna", "gp", "random", "grid"] = "optuna"
+    algorithm: Literal["auto", "gp", "optuna", "random", "grid"] = "auto"
     seed: StrictInt = Field(0, ge=0, lt=2 ** 32, description="seed of the sampler (numpy's limit)")
-    startup_trials: StrictInt = Field(5, ge=1, description="optuna, gp: configurations sampled at random before "
-                                                                "the model (TPE, a Gaussian process)")
-    multivariate: StrictBool = Field(True, description="optuna: TPE models the parameters jointly")
+    startup_trials: StrictInt = Field(5, ge=1, description="auto, gp, optuna: configurations sampled at random "
+                                                           "before the model (a Gaussian process, TPE)")
+    multivariate: StrictBool = Field(True, description="auto, optuna: TPE models the parameters jointly")
     num_samples: StrictInt = Field(4, ge=1, description="configurations to try (grid: ignored, each point once)")
     max_concurrent: StrictInt | None = Field(None, ge=1)
     replicates: StrictInt = Field(1, ge=1, description="seeds per configuration: train.seed, +1, ...")
