@@ -56,6 +56,8 @@ STRATEGIES = {  # search-section overrides of studies/curves.yaml; keys not give
     "tpe+asha kl rf 3": {"algorithm": "optuna", "scheduler": {"reduction_factor": 3}},
     "tpe(3 startup)+asha kl": {"algorithm": "optuna", "startup_trials": 3, "scheduler": {}},
     "tpe+asha kl": {"algorithm": "optuna", "scheduler": {}},  # the default until 2026-12-01
+    "default(3 startup)": {"startup_trials": 3, "scheduler": {}},
+    "default rf 3": {"scheduler": {"reduction_factor": 3}},
     "gp": {"algorithm": "gp", "scheduler": NO_STOPPING},
 }
 DEFAULT = "default"
