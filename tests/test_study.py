@@ -85,6 +85,24 @@ def test_the_default_sampler_hands_over_from_its_first_to_its_second_at_the_swit
     sampler = study._search_algorithm(spec).searcher._sampler
     assert spec.search.algorithm == "auto" and isinstance(sampler._gp, optuna.samplers.GPSampler)
     assert isinstance(sampler._tpe, optuna.samplers.TPESampler) and sampler._switch == 100
+    assert isinstance(sampler._gp._independent_sampler, optuna.samplers.TPESampler)  # conditional parameters
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "gp"])
+def test_a_restored_searcher_suggests_what_the_one_it_was_saved_from_would(algorithm, tmp_path):
+    """What a resumed study relies on to take over a trial Tune lost: the searcher restored from its last save
+    proposes the same configurations as the one the driver had (here past the GP's startup)."""
+    spec = make_spec(search={"algorithm": algorithm, "startup_trials": 2, "replicates": 1, "num_samples": 20,
+                             "space": {"mi.lambda_mi": {"uniform": [0.0, 10.0]},
+                                       "train.beta": {"choice": [1.0, 2.0]}}})
+    searcher = study._search_algorithm(spec).searcher
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {searcher.metric: config["mi.lambda_mi"] / config["train.beta"]})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = study._search_algorithm(spec).searcher
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert [searcher.suggest(f"n{i}") for i in range(2)] == [restored.suggest(f"n{i}") for i in range(2)]
 
 
 def test_a_repeat_of_a_configuration_still_training_waits_for_its_outcome():

@@ -68,6 +68,8 @@ def quiet(verbose: bool = False) -> None:
     # Ray times the define-by-run space, in which the sampler fits its model (a Gaussian process: seconds with
     # hundreds of trials), and warns as if the space trained something
     warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+    # Optuna's GP notes at import that it optimizes without greenlet, an optional speed-up not installed here
+    logging.getLogger("optuna._gp.batched_lbfgsb").setLevel(logging.ERROR)
 
 
 def load_study(path: str | Path, overrides: list[str], service: bool = False) -> config.StudySpec:

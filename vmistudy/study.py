@@ -213,12 +213,13 @@ class GPThenTPE(optuna.samplers.BaseSampler):
 def _search_algorithm(spec: StudySpec) -> Replicates:
     search = spec.search
 
-    def gp():
-        return optuna.samplers.GPSampler(seed=search.seed, n_startup_trials=search.startup_trials)
-
-    def tpe():
+    def tpe(multivariate: bool = search.multivariate):
         return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials,
-                                          multivariate=search.multivariate)
+                                          multivariate=multivariate)
+
+    def gp():  # a parameter outside the GP's joint space (a conditional one) goes to TPE, not to random draws
+        return optuna.samplers.GPSampler(seed=search.seed, n_startup_trials=search.startup_trials,
+                                         independent_sampler=tpe(multivariate=False), warn_independent_sampling=False)
 
     sampler = {"auto": lambda: GPThenTPE(gp(), tpe()), "gp": gp, "optuna": tpe,
                "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
