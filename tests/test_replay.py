@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -145,6 +147,18 @@ def test_the_efficiency_benchmarks_default_strategy_is_the_services_default_sear
     assert (default.seed, default.replicates, default.num_samples) == (7, 1, 96)
     assert {name: search(name).algorithm for name in ("random", "tpe+asha kl", "gp")} == \
         {"random": "random", "tpe+asha kl": "optuna", "gp": "gp"}
+
+
+def test_the_good_set_is_stable_without_seed_noise_and_unstable_with_it():
+    """benchmarks.study_efficiency says how much of its good set is the table's seed noise."""
+    def table(noise):  # 40 configurations 1 point apart, 3 seeds each, the last epoch's metric only
+        rng = np.random.default_rng(1)
+        return SimpleNamespace(curves={(p,): {s: [{"m": p / 100 + noise * rng.normal()}] for s in range(3)}
+                                       for p in range(40)})
+
+    assert study_efficiency.good_set_stability(table(0.0), "m", draws=200) == (1.0, 2)  # top 5%: the best 2
+    stay, ever = study_efficiency.good_set_stability(table(0.03), "m", draws=200)
+    assert stay < 0.9 and ever > 2
 
 
 def test_the_scale_study_has_new_configurations_for_all_its_trials(tmp_path):
