@@ -217,26 +217,28 @@ def fetched(fetch: Callable, calls: list[tuple]) -> dict[tuple, Any]:
         return dict(zip(calls, pool.map(lambda call: fetch(*call), calls)))
 
 
-def _curves(client: MlflowClient, runs: pd.DataFrame, path: Path) -> Path | None:
+def _curve_lines(client: MlflowClient, runs: pd.DataFrame) -> dict[str, list[tuple[str, bool, list]]]:
+    """Per CURVES metric, a line per run that logged it: (label, lambda_mi = 0, its (epoch, value) points)."""
+    histories = fetched(client.get_metric_history, [(run_id, key) for key in CURVES for run_id in runs["run_id"]])
+    return {key: [(f"lambda {run['lambda_mi']:.3g}: {run['tags.mlflow.runName']}", run["lambda_mi"] == 0, points)
+                  for _, run in runs.iterrows()
+                  if (points := sorted((m.step, m.value) for m in histories[run["run_id"], key]))]
+            for key in CURVES}
+
+
+def _draw_curves(lines: dict[str, list[tuple[str, bool, list]]], path: Path) -> Path | None:
+    """The curves of _curve_lines, one panel per metric, twins dashed; None when no run logged any."""
+    if not any(lines.values()):
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    histories = fetched(client.get_metric_history, [(run_id, key) for key in CURVES for run_id in runs["run_id"]])
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4))
-    drawn = False
-    for ax, key in zip(axes, CURVES):
-        for _, run in runs.iterrows():
-            points = sorted((m.step, m.value) for m in histories[run["run_id"], key])
-            if points:
-                drawn = True
-                ax.plot(*zip(*points), linestyle="--" if run["lambda_mi"] == 0 else "-",
-                        # lambda first: matplotlib leaves out labels that start with "_", as trial names do
-                        label=f"lambda {run['lambda_mi']:.3g}: {run['tags.mlflow.runName']}")
+    fig, axes = plt.subplots(1, len(lines), figsize=(6 * len(lines), 4))
+    for ax, (key, runs) in zip(axes, lines.items()):
+        for label, twin, points in runs:  # the label starts with lambda: matplotlib leaves out "_"-labels (trials')
+            ax.plot(*zip(*points), linestyle="--" if twin else "-", label=label)
         ax.set(xlabel="epoch", ylabel=f"{key} (nats, test split)", title=key)
-    if not drawn:
-        plt.close(fig)
-        return None
     axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -280,9 +282,9 @@ def _first_row(grid: Path, folder: Path) -> Path:
 def write(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> Path:
     """Print the best trials, write out/report.md with its figures, and log the folder to the study's run."""
     out.mkdir(parents=True, exist_ok=True)
-    with _other_process() as other:
-        views = other.submit(_optuna_section, spec, out)  # Optuna's views on another core while MLflow is read
-        lines = _mlflow_sections(spec, tracker, out) + views.result()
+    with _other_process() as other:  # the drawing on another core while MLflow is read
+        views = other.submit(_optuna_section, spec, out)
+        lines = _mlflow_sections(spec, tracker, out, other) + views.result()
     report = out / "report.md"
     report.write_text("\n".join(lines))
     tracker.client.log_artifacts(tracker.parent_run_id, str(out), "report")
@@ -298,8 +300,9 @@ def _other_process() -> Executor:
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
 
 
-def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path) -> list[str]:
-    """The report's parts read from the trials' MLflow runs; prints the best trials."""
+def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path, other: Executor
+                     ) -> list[str]:
+    """The report's parts read from the trials' MLflow runs; prints the best trials. `other` draws the curves."""
     runs = trial_runs(tracker)
     metric = spec.search.metric
     best = _best_trials(runs, metric, spec.search.mode)
@@ -310,7 +313,7 @@ def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out
     return [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
             "", "## Best trials", "", _markdown(best.head(10)), "",
             *_summary_section(runs, metric, spec.search.mode), *_restarts_section(runs), *_pairs_section(paired),
-            *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out)]
+            *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out, other)]
 
 
 def _best_trials(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -363,13 +366,12 @@ def _lambda_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return first.iloc[[i for i in keep if i < len(first)]]
 
 
-def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.DataFrame, out: Path) -> list[str]:
-    """The curves of the best runs, z0's traversal per lambda and the best pairs' final figures, downloaded
-    from the runs (`ranked`: every run, best first; `paired`: the pairs to show)."""
+def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.DataFrame, out: Path,
+                     other: Executor) -> list[str]:
+    """The curves of the best runs (drawn by `other`), z0's traversal per lambda and the best pairs' final
+    figures, downloaded from the runs (`ranked`: every run, best first; `paired`: the pairs to show)."""
+    curves = other.submit(_draw_curves, _curve_lines(client, _curve_runs(ranked, paired)), out / "curves.png")
     lines = []
-    if _curves(client, _curve_runs(ranked, paired), out / "curves.png"):
-        lines += [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
-                  "![curves](curves.png)", ""]
     lambda_runs = _lambda_runs(ranked)["run_id"].tolist()
     wanted = [(run_id, "traversal_rows") for run_id in lambda_runs] + [
         (pair[k], name) for _, pair in paired.iterrows() for name in PAIR_NAMES for k in ("run_id", "twin_id")]
@@ -388,6 +390,9 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
                     image = _side_by_side(images, out / f"pair-{i}-{name}.png")
                     lines += [f"### {pair['run']} (lambda {pair['lambda_mi']:.3g}, left) and its twin "
                               f"{pair['twin']} (right): {name}", "", f"![{name}]({image.name})", ""]
+    if curves.result():
+        lines = [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
+                 "![curves](curves.png)", "", *lines]
     return lines
 
 
