@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "curves.yaml"
 TABLE = REPO / "benchmarks" / "curves" / "curves.csv.gz"
 TOLERANCE, TOP = 0.005, 0.05
+GOAL_SEEDS = 50  # the issue's: a median over fewer searcher seeds moves by more than the goal's margins
 CLASSIC_ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2, "rungs": None,  # the defaults until
                 "metric": "accuracy_hungarian"}                                         # 2026-11-30: every rung,
 NO_STOPPING = {"name": "none"}                                                          # on the searched metric
@@ -200,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{YARDSTICK}: simulated, a searcher that knew the table's top third in advance")
     if base and DEFAULT in costs:
         ratio = np.median(costs[DEFAULT]) / base
-        print(f"goal: the default search ({DEFAULT}) needs at most 1/3 of {BASELINE}'s trial-epochs: "
-              f"{'met' if ratio <= 1 / 3 else 'not met'} ({ratio:.2f})")
+        verdict = ("met" if ratio <= 1 / 3 else "not met") if args.seeds >= GOAL_SEEDS else \
+            f"not judged from {args.seeds} seeds (the goal is judged over {GOAL_SEEDS} or more)"
+        print(f"goal: the default search ({DEFAULT}) needs at most 1/3 of {BASELINE}'s trial-epochs: {verdict} "
+              f"({ratio:.2f})")
 
 
 def summary(values: list[float]) -> str:
