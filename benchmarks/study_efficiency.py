@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if base and DEFAULT in costs:
         ratio = np.median(costs[DEFAULT]) / base
         verdict = ("met" if ratio <= 1 / 3 else "not met") if args.seeds >= GOAL_SEEDS else \
-            f"not judged from {args.seeds} seeds (the goal is judged over {GOAL_SEEDS} or more)"
+            f"not judged from {args.seeds} seed{'s' * (args.seeds > 1)} (the goal is judged over {GOAL_SEEDS} or more)"
         print(f"goal: the default search ({DEFAULT}) needs at most 1/3 of {BASELINE}'s trial-epochs: {verdict} "
               f"({ratio:.2f})")
 
