@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "curves.yaml"
 TABLE = REPO / "benchmarks" / "curves" / "curves.csv.gz"
 TOLERANCE, TOP = 0.005, 0.05
+REDRAWS = 1000  # redrawn tables in good_set_stability
 GOAL_SEEDS = 50  # the issue's: a median over fewer searcher seeds moves by more than the goal's margins
 CLASSIC_ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2, "rungs": None,  # the defaults until
                 "metric": "accuracy_hungarian"}                                         # 2026-11-30: every rung,
@@ -101,13 +102,13 @@ def good_points(means: dict[tuple, float]) -> tuple[set, float]:
     return {p for p, m in means.items() if m >= cut}, ranked[0]
 
 
-def good_set_stability(table: replay.CurveTable, metric: str, draws: int = 1000) -> tuple[float, int]:
+def good_set_stability(table: replay.CurveTable, metric: str, draws: int = REDRAWS) -> tuple[float, int]:
     """How much of the good set is the table's seed noise: each configuration's seeds drawn again with
     replacement, `draws` times. Returns the share of the good configurations that stay good in a redrawn table
     (mean over draws) and how many configurations are good in at least 5% of the redrawn tables."""
     points = list(table.curves)
     finals = [np.array([c[-1][metric] for c in table.curves[p].values()]) for p in points]
-    good, _ = good_points(dict(zip(points, (f.mean() for f in finals))))
+    good, _ = good_points(final_means(table, metric))
     rng = np.random.default_rng(0)
     stays, counts = [], np.zeros(len(points))
     for _ in range(draws):
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(table.points)} configurations; best mean {metric} {best:.4f}; {len(good)} good (within "
           f"{100 * TOLERANCE:g} points or top {100 * TOP:g}%); {args.seeds} seeds per strategy", flush=True)
     stay, ever = good_set_stability(table, metric)
-    print(f"the good set against the table's seed noise (its seeds redrawn with replacement, 1000 times): "
+    print(f"the good set against the table's seed noise (its seeds redrawn with replacement, {REDRAWS} times): "
           f"{stay:.0%} of it stays good; {ever} configurations are good in at least 5% of the draws", flush=True)
     console.quiet_tune()  # hundreds of studies: their boxes and snapshot warnings would bury the summaries
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
