@@ -18,6 +18,7 @@ from conftest import DEVICES, MNIST_SMALL, SYNTHETIC, make_spec, raw_study, stat
 from vmistudy import data as datasets
 from vmistudy.bundle import Bundle, stack_adam, unstack_adam
 from vmistudy.errors import InputError
+from vmistudy.metrics import mutual_information
 from vmistudy.trainer import DivergenceError, Trainer, load_checkpoint, save_checkpoint
 
 WEIGHTS = dict(rtol=0, atol=1e-10)
@@ -119,6 +120,24 @@ def test_other_codes_and_groups_match_too(float64, sections, members):
         solo.train_epoch()
         assert_same_model(bundle.member(m), solo)
         assert_same_history(bundle.member(m), solo)
+
+
+def test_each_member_gets_its_agreement_with_the_other_seeds_of_its_lambda_mi(mnist):
+    group = recipes(members=[(0, 5.0), (0, 0.0), (1, 5.0), (1, 0.0), (2, 5.0), (2, 2.0)])
+    bundle = Bundle.fresh(group, mnist)
+    metrics = [epoch.metrics for epoch in next(bundle.epochs())]
+    codes = [member.clusters(mnist.test_images).numpy() for member in bundle.members]
+    # lambda 5: seeds 0, 1, 2 (members 0, 2, 4); the twins (members 1, 3) among themselves; lambda 2 is alone
+    mi = mutual_information
+    assert metrics[0]["seed_agreement"] == pytest.approx((mi(codes[0], codes[2]) + mi(codes[0], codes[4])) / 2)
+    assert metrics[1]["seed_agreement"] == metrics[3]["seed_agreement"] == pytest.approx(mi(codes[1], codes[3]))
+    assert "seed_agreement" not in metrics[5]
+    assert bundle.members[0].history[-1] is metrics[0]  # in the history: a checkpoint keeps it
+    # a model without a categorical code has no partition to agree on
+    plain = [make_spec(SYNTHETIC, **raw_study({"train": {"seed": s}}, model={"categories": None},
+                                              mi={"categorical": False, "gaussian": [0]})).recipe for s in (0, 1)]
+    epoch = next(Bundle.fresh(plain, datasets.load(make_spec(SYNTHETIC).data)).epochs())
+    assert all("seed_agreement" not in e.metrics for e in epoch)
 
 
 def test_in_float32_the_members_stay_close_to_their_solo_runs(mnist):

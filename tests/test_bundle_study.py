@@ -52,6 +52,9 @@ def test_a_bundle_trial_is_its_members_trained_alone_each_with_its_own_run(tmp_p
     assert history[-1]["accuracy_hungarian"] == pytest.approx((members[0]["accuracy_hungarian"]
                                                                + members[2]["accuracy_hungarian"]) / 2)
     assert "4 trials (in 1 bundles) of study bundled" in log and "a bundle of 4" in log, log[-3000:]
+    # each seed's agreement with the other seed of its lambda_mi (two seeds: one pair, the same for both)
+    assert members[0]["seed_agreement"] == members[2]["seed_agreement"] == history[-1]["seed_agreement"]
+    assert members[1]["seed_agreement"] == members[3]["seed_agreement"]
 
     # each member has its own finished run, every epoch once, its final figures and model; and is, to float
     # rounding, the trial the service trains alone
@@ -63,6 +66,8 @@ def test_a_bundle_trial_is_its_members_trained_alone_each_with_its_own_run(tmp_p
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "elbo")) == [1, 2, 3]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures/final")}
         assert "figures/final/categorical_swaps.png" in artifacts, (key, artifacts)
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "seed_agreement")) == [1, 2, 3]
+        assert "seed_agreement" not in alone[key].data.metrics  # solo trials: no seeds side by side
         for metric in METRICS:
             assert run.data.metrics[metric] == pytest.approx(alone[key].data.metrics[metric], rel=1e-4, abs=1e-5), \
                 (key, metric)

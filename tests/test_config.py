@@ -151,6 +151,12 @@ def test_errors_are_one_line_config_errors():
         config.validate({**SYN, "mi": {"gaussian": [1, 1]}})
 
 
+def test_seed_agreement_is_a_metric_of_bundles_of_several_seeds():
+    bundled = make_spec(search={"metric": "seed_agreement", "bundle": True, "replicates": 2})
+    assert "seed_agreement" in config.metric_names(bundled)
+    assert "seed_agreement" not in config.metric_names(bundled.recipe)  # a single model has no seeds to agree with
+
+
 def test_defaults_and_flatten():
     spec = make_spec(search={"space": {"mi.lambda_mi": {"loguniform": [0.1, 10.0]}}})
     flat = config.flatten(spec)
@@ -199,6 +205,10 @@ def test_defaults_and_flatten():
      "search.space.mi.lambda_mi.lo: unknown key; allowed here: uniform, loguniform, int, choice"),
     ({**SYN, "search": {"scheduler": {"metric": "accuracy"}}},
      "search.scheduler.metric: accuracy is not a per-epoch metric of this model; allowed: accuracy_hungarian,"),
+    ({**SYN, "search": {"metric": "seed_agreement", "replicates": 3}},
+     "search.metric: seed_agreement compares a configuration's seeds in one trial bundle; it needs search.bundle"),
+    ({**SYN, "search": {"metric": "seed_agreement", "bundle": True}},  # one seed: nothing to agree with
+     "search.metric: seed_agreement compares a configuration's seeds in one trial bundle"),
 ])
 def test_validate_names_the_field(raw, expected):
     with pytest.raises(InputError) as info:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmistudy.metrics import accuracy_hungarian, accuracy_majority, cluster_scores, contingency, nmi, one_hot_sample
+from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_scores, contingency, mutual_information,
+                              nmi, one_hot_sample, seed_agreement)
 
 
 def _labels(rng, n=2000, k=10):
@@ -113,3 +114,22 @@ def test_one_hot_sample_follows_probs():
     assert s.shape == (30_000, 3)
     assert torch.all(s.sum(-1) == 1) and set(s.unique().tolist()) == {0.0, 1.0}
     assert torch.allclose(s.mean(0), torch.tensor([0.1, 0.6, 0.3]), atol=0.01)
+
+
+def test_seed_agreement_is_each_codes_mean_mi_with_the_others_and_reads_no_labels():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 10, 4000)
+    relabelled = (classes + 3) % 10  # the same partition under other names: full agreement, H(c) nats
+    noisy = np.where(rng.random(4000) < 0.3, rng.integers(0, 10, 4000), classes)
+    unrelated = rng.integers(0, 10, 4000)
+    codes = [classes, relabelled, noisy, unrelated]
+    scores = seed_agreement(codes)
+    pairs = {(i, j): mutual_information(codes[i], codes[j]) for i in range(4) for j in range(i + 1, 4)}
+    assert pairs[0, 1] == pytest.approx(np.log(10), abs=0.01) and pairs[0, 3] < 0.02
+    assert scores[0] == pytest.approx((pairs[0, 1] + pairs[0, 2] + pairs[0, 3]) / 3)
+    assert scores[3] == pytest.approx((pairs[0, 3] + pairs[1, 3] + pairs[2, 3]) / 3)
+    assert np.mean(scores) == pytest.approx(np.mean(list(pairs.values())))  # their mean: the mean over pairs
+    assert scores[3] < scores[2] < scores[0] == pytest.approx(scores[1])  # the odd one out agrees least
+    # codes that collapse agree on nothing, though they are equal (NMI would call them one partition)
+    assert seed_agreement([np.zeros(100, int), np.zeros(100, int)]) == [0.0, 0.0]
+    assert nmi(np.zeros(100, int), np.zeros(100, int)) == 1.0

@@ -220,12 +220,38 @@ def test_the_restart_kept_is_each_configurations_seed_with_the_highest_mi_bound(
     runs = pd.DataFrame([run(5.0, 0, 2.0, 2.1, 0.6), run(5.0, 1, 2.0, 2.2, 0.9), run(5.0, 2, 2.0, 2.0, 0.3),
                          run(0.0, 0, 2.0, 1.5, 0.5), run(0.0, 1, 2.0, 1.9, 0.4),
                          run(5.0, 0, 6.0, 2.0, 0.7)])  # one seed: nothing to choose
-    table = report._restarts(runs)
+    table = report._restarts(runs, "mi_lower_bound_categorical")
     assert table[["cap", "lambda_mi", "seeds", "kept seed"]].values.tolist() == [[2.0, 0.0, 2, 1], [2.0, 5.0, 3, 1]]
     assert table["gain"].round(6).tolist() == [-0.05, 0.3] and table["rank correlation"].round(6).tolist() == [-1, 1]
     text = "\n".join(report._restarts_section(runs))
     assert "Over 2 configurations: gain +0.1250 on average, positive in 1, rank correlation +0.00 on average" in text
-    assert report._restarts(runs.drop(columns="metrics.mi_lower_bound_categorical")).empty
+    assert "by seed_agreement" not in text  # a solo study's runs have no seed_agreement
+    assert report._restarts(runs, "seed_agreement").empty
+    # a bundle's runs also carry seed_agreement: a second table keeps the seed that agrees most with the others
+    runs["metrics.seed_agreement"] = [0.7, 0.6, 0.8, 0.5, 0.5, None]
+    text = "\n".join(report._restarts_section(runs))
+    assert "## Restarts kept without labels: by mi_lower_bound_categorical" in text
+    assert "## Restarts kept without labels: by seed_agreement" in text
+    table = report._restarts(runs, "seed_agreement")
+    assert table[["lambda_mi", "kept seed"]].values.tolist() == [[0.0, 0], [5.0, 2]]  # a tie: the first seed
+
+
+def test_beside_a_label_free_metrics_pick_the_report_gives_the_labels_pick():
+    from vmistudy import report
+
+    accuracy, agreement = [0.63, 0.75, 0.73, 0.9], [1.5, 1.7, 1.6, 1.8]
+    table = pd.DataFrame({"cap": [2.0, 5.0, 10.0, 5.0], "lambda_mi": [5.0, 5.0, 5.0, 0.0],
+                          "accuracy_hungarian": map(str, accuracy), "_accuracy_hungarian": accuracy,
+                          "seed_agreement": map(str, agreement), "_seed_agreement": agreement,
+                          "_mi_lower_bound_categorical": [2.19, 2.21, 2.2, 2.1]})
+    picks = report._picks(table, "seed_agreement", "max")
+    assert picks[0].startswith("- by seed_agreement (max, mean over seeds, among lambda_mi > 0; uses no labels): "
+                               "cap 5, lambda_mi 5")  # the twins (lambda_mi 0) are the comparison, not candidates
+    assert picks[1].startswith("- by accuracy_hungarian (max, mean over seeds, among lambda_mi > 0; uses the labels): "
+                               "cap 5") and len(picks) == 2  # no other label-free pick beside a label-free metric
+    labelled = report._picks(table, "accuracy_hungarian", "max")
+    assert [line.split(" (")[0] for line in labelled] == ["- by accuracy_hungarian", "- by mi_lower_bound_categorical",
+                                                          "- by seed_agreement"]
 
 
 def test_the_reports_search_pauses_the_cyclic_collector_and_restores_it_as_it_was():

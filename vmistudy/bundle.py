@@ -28,8 +28,9 @@ import torch
 from torch.func import functional_call, vmap
 
 from . import data as datasets
-from .config import Recipe
+from .config import AGREEMENT, Recipe
 from .errors import InputError
+from .metrics import seed_agreement
 from .networks import mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, mi_warmup, target_entropy, temperature
 from .trainer import DivergenceError, Epoch, Progress, Trainer, autocast, pick_device
@@ -163,8 +164,24 @@ class Bundle:
         """`Trainer.epochs` for all members at once: from the current epoch to train.epochs, yielding each
         member's finished epoch (the last one with what the run's end adds)."""
         while self.epoch < self.recipe.train.epochs:
-            yield [member.finish_epoch(metrics, figures_every)
-                   for member, metrics in zip(self.members, self.train_epoch())]
+            metrics = self.train_epoch()
+            self.add_seed_agreement(metrics)
+            yield [member.finish_epoch(m, figures_every) for member, m in zip(self.members, metrics)]
+
+    def add_seed_agreement(self, metrics: list[dict[str, float]]) -> None:
+        """Into each member's metrics (and so its history), its `seed_agreement` with the members of its
+        lambda_mi: one model's other seeds (metrics.seed_agreement, no labels read). Members alone at their
+        lambda_mi, and models without a categorical code, get none."""
+        if not self.members[0].vae.k:
+            return
+        arms: dict[float, list[int]] = {}
+        for m, trainer in enumerate(self.members):
+            arms.setdefault(trainer.recipe.mi.lambda_mi, []).append(m)
+        for arm in arms.values():
+            if len(arm) > 1:
+                codes = [self.members[m].clusters(self.members[m].data.test_images).cpu().numpy() for m in arm]
+                for m, agreement in zip(arm, seed_agreement(codes)):
+                    metrics[m][AGREEMENT] = agreement
 
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 on one minibatch per member, x [M, B, C, H, W]; returns [M, (VAE loss, MI bound)]."""

@@ -232,6 +232,7 @@ class SchedulerSpec(Section):
 
 
 SUBSET_PATH = "mi.subset"  # the search-space key that picks one of search.subsets by name
+AGREEMENT = "seed_agreement"  # a bundle's label-free score across its seeds (metrics.seed_agreement)
 
 
 class SearchSpec(Section):
@@ -370,6 +371,9 @@ class StudySpec(Section):
         ranked_on = {"search.metric": self.search.metric, "search.scheduler.metric": self.search.scheduler.metric
                      } if self.search else {}
         for field, metric in ranked_on.items():
+            if metric == AGREEMENT and metric not in metric_names(self):
+                raise ValueError(f"{field}: {AGREEMENT} compares a configuration's seeds in one trial bundle; it "
+                                 "needs search.bundle: true, search.replicates >= 2 and model.categories")
             if metric is not None and metric not in metric_names(self):
                 raise ValueError(f"{field}: {metric} is not a per-epoch metric of this model; "
                                  f"allowed: {', '.join(sorted(metric_names(self)))}")
@@ -613,6 +617,9 @@ def metric_names(spec: StudySpec | Recipe) -> set[str]:
     names |= {f"kl_z{i}" for i in range(spec.model.gaussian_dims)}
     if spec.model.categories:
         names |= {"accuracy_hungarian", "accuracy_majority", "nmi", "accuracy_majority_train", "invariance_mi"}
+    if spec.model.categories and isinstance(spec, StudySpec) and spec.search and spec.search.bundle \
+            and spec.search.replicates > 1:
+        names.add(AGREEMENT)  # across a bundle's seeds (bundle.Bundle.add_seed_agreement)
     names |= {"mi_lower_bound_gaussian"} if spec.mi.gaussian else set()
     names |= {"mi_lower_bound_categorical"} if spec.mi.categorical else set()
     return names

@@ -1,6 +1,8 @@
 """Scores of a categorical code against labels, and the MI bound of a frozen model (thesis eq. 4.8)."""
 from __future__ import annotations
 
+import itertools
+import statistics
 from typing import Callable
 
 import numpy as np
@@ -35,14 +37,34 @@ def accuracy_majority(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(contingency(labels, clusters).max(0).sum() / len(labels))
 
 
+def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """I(A; B) in nats between two labellings of the same items, from their joint frequencies."""
+    joint = contingency(a, b) / len(a)
+    outer = np.outer(joint.sum(1), joint.sum(0))
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / outer[nz])).sum())
+
+
+def _entropy(values: np.ndarray) -> float:
+    p = np.bincount(values) / len(values)
+    return float(-(p[p > 0] * np.log(p[p > 0])).sum())
+
+
 def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Normalized mutual information, I(L; C) / ((H(L) + H(C)) / 2), as scikit-learn's default."""
-    joint = contingency(labels, clusters) / len(labels)
-    p_label, p_cluster = joint.sum(1), joint.sum(0)
-    nz = joint > 0
-    mutual = (joint[nz] * np.log(joint[nz] / np.outer(p_label, p_cluster)[nz])).sum()
-    h = [-(p[p > 0] * np.log(p[p > 0])).sum() for p in (p_label, p_cluster)]
-    return float(mutual / np.mean(h)) if np.mean(h) > 0 else 1.0
+    h = (_entropy(labels) + _entropy(clusters)) / 2
+    return mutual_information(labels, clusters) / h if h > 0 else 1.0
+
+
+def seed_agreement(codes: list[np.ndarray]) -> list[float]:
+    """Each code's mean MI (nats) with the others: for one configuration's seeds, the argmax q(c|x) of each on the
+    same images, how far they agree on what the categories are, with no labels read. Clustering stability as a
+    model-selection rule (Ben-Hur et al. 2002, Lange et al. 2004): seeds that find the classes agree, while a
+    split by style falls differently per seed. In nats, not normalized: a code that uses few categories agrees
+    little (a collapsed one, 0), as in IIC's I(c; c'). log K at most; the mean over codes is the mean over pairs."""
+    pairs = {pair: mutual_information(codes[pair[0]], codes[pair[1]])
+             for pair in itertools.combinations(range(len(codes)), 2)}
+    return [statistics.fmean(v for pair, v in pairs.items() if k in pair) for k in range(len(codes))]
 
 
 def cluster_scores(labels: torch.Tensor, clusters: torch.Tensor) -> dict[str, float]:

@@ -34,10 +34,12 @@ CURVES = ("mi_lower_bound", "kl_categorical")
 SHOWN = ("epoch", "mi_lower_bound", "accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi",
          "kl_categorical", "elbo")
 SUMMARY = ("accuracy_hungarian", "accuracy_majority_train", "nmi", "mi_lower_bound", "mi_lower_bound_categorical",
-           "invariance_mi", "frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior", "elbo")
+           "invariance_mi", "seed_agreement", "frozen_mi_lower_bound_encoder", "frozen_mi_lower_bound_prior", "elbo")
 LABELED = ("accuracy_hungarian", "accuracy_majority", "accuracy_majority_train", "nmi")  # metrics that read labels
-# the picks that use no labels: the most informative categorical code, the code most stable under transformations
-LABEL_FREE = ("mi_lower_bound_categorical", "invariance_mi")
+# the picks that use no labels: the most informative categorical code, the code most stable under transformations,
+# the code its seeds agree on most (a bundle's)
+LABEL_FREE = ("mi_lower_bound_categorical", "invariance_mi", "seed_agreement")
+RESTART_SCORES = ("mi_lower_bound_categorical", "seed_agreement")  # per run: what can keep one seed of several
 PAD = 2  # torchvision make_grid's padding, to cut rows out of a traversal grid
 # What the figures show of a large study (each costs MLflow calls, and more lines make a plot unreadable):
 CURVE_RUNS, LAMBDA_ROWS, PAIR_FIGURES = 12, 8, 4  # best runs (and their twins), lambdas, best pairs
@@ -153,11 +155,11 @@ def _configuration(keys: list[str], key) -> dict:
     return dict(zip([k.split(".", 1)[-1] for k in keys], key if isinstance(key, tuple) else (key,)))
 
 
-def _restarts(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration and lambda_mi with several seeds, the restart (seed) that the categorical code's MI bound
-    keeps, which reads no labels: its accuracy against the mean over the seeds, and the rank correlation of the
-    bound with accuracy over the seeds."""
-    score, accuracy = "metrics.mi_lower_bound_categorical", "metrics.accuracy_hungarian"
+def _restarts(runs: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Per configuration and lambda_mi with several seeds, the restart (seed) that `score` keeps, which reads no
+    labels: its accuracy against the mean over the seeds, and the rank correlation of the score with accuracy
+    over the seeds."""
+    score, accuracy = f"metrics.{score}", "metrics.accuracy_hungarian"
     if not {score, accuracy} <= set(runs):
         return pd.DataFrame()
     keys = configuration_columns(runs) + ["lambda_mi"]
@@ -180,24 +182,30 @@ def _spearman(a: pd.Series, b: pd.Series) -> float:
 
 
 def _restarts_section(runs: pd.DataFrame) -> list[str]:
-    table = _restarts(runs)
-    if not len(table):
-        return []
-    gain = table["gain"]
-    return ["## Restarts kept without labels", "",
-            "Of each configuration's seeds, the one with the highest mi_lower_bound_categorical (no labels read): "
-            "its accuracy_hungarian against the mean over the seeds, and the bound's rank correlation (Spearman) "
-            "with accuracy over the seeds.", "", _markdown(table), "",
-            f"Over {len(table)} configurations: gain {gain.mean():+.4f} on average, positive in "
-            f"{(gain > 0).sum()}, rank correlation {table['rank correlation'].mean():+.2f} on average.", ""]
+    lines = []
+    for score in RESTART_SCORES:
+        table = _restarts(runs, score)
+        if not len(table):
+            continue
+        gain = table["gain"]
+        lines += [f"## Restarts kept without labels: by {score}", "",
+                  f"Of each configuration's seeds, the one with the highest {score} (no labels read): its "
+                  "accuracy_hungarian against the mean over the seeds, and the score's rank correlation (Spearman) "
+                  "with accuracy over the seeds.", "", _markdown(table), "",
+                  f"Over {len(table)} configurations: gain {gain.mean():+.4f} on average, positive in "
+                  f"{(gain > 0).sum()}, rank correlation {table['rank correlation'].mean():+.2f} on average.", ""]
+    return lines
 
 
 def _picks(table: pd.DataFrame, metric: str, mode: str) -> list[str]:
-    """Which configuration the study's metric picks and, when that metric reads labels, the label-free pick."""
+    """Which configuration the study's metric picks, and beside it the label-free picks (a labelled metric) or
+    the labels' pick (a label-free one)."""
     mi_models = (table.lambda_mi > 0).any()  # the twins are the comparison, not candidates
     candidates = table[table.lambda_mi > 0] if mi_models else table
     among = ", among lambda_mi > 0" if mi_models else ""
-    chosen = {metric: mode} | {name: "max" for name in LABEL_FREE if metric in LABELED and f"_{name}" in table}
+    # beside a labelled metric's pick, the label-free ones; beside a label-free metric's, the labels' own
+    others = LABEL_FREE if metric in LABELED else LABELED[:1]
+    chosen = {metric: mode} | {name: "max" for name in others if name != metric and f"_{name}" in table}
     lines = []
     for name, how in chosen.items():
         best = candidates.sort_values(f"_{name}", ascending=how == "min").iloc[0]

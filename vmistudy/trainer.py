@@ -278,9 +278,14 @@ class Trainer:
 
     def train_purity(self) -> float:
         """Majority-vote purity of argmax q(c|x) on the training split: the number the thesis reports."""
-        clusters = torch.cat([self.vae.encode(self.images(images)).categorical.probs.argmax(-1)
-                              for images in self.data.train_images.split(EVAL_BATCH)])
+        clusters = self.clusters(self.data.train_images)
         return accuracy_majority(self.data.train_labels.cpu().numpy(), clusters.cpu().numpy())
+
+    def clusters(self, images: torch.Tensor) -> torch.Tensor:
+        """argmax q(c|x) of each image (as stored, uint8)."""
+        with inference(self.vae):
+            return torch.cat([self.vae.encode(self.images(batch)).categorical.probs.argmax(-1)
+                              for batch in images.split(EVAL_BATCH)])
 
     def state_dict(self) -> dict:
         return {"spec": self.recipe.model_dump(), "step": self.step, "epoch": self.epoch, "history": self.history,
