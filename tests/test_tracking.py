@@ -281,4 +281,4 @@ def test_the_reports_rank_correlation_is_spearmans_with_ties():
     rng = np.random.default_rng(0)
     for _ in range(20):
         a, b = rng.integers(0, 4, 7).astype(float), rng.normal(size=7)  # ties in a
-        assert report._spearman(pd.Series(a), pd.Series(b)) == pytest.approx(spearmanr(a, b).statistic)
+        assert report.spearman(pd.Series(a), pd.Series(b)) == pytest.approx(spearmanr(a, b).statistic)

@@ -114,7 +114,7 @@ def _pairs(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return paired
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown(frame: pd.DataFrame) -> str:
     cells = frame.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)).values.tolist()
     return "\n".join(["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns),
                       *("| " + " | ".join(row) + " |" for row in cells)])
@@ -171,11 +171,11 @@ def _restarts(runs: pd.DataFrame, score: str) -> pd.DataFrame:
             rows.append(_configuration(keys, key) | {
                 "seeds": len(group), "kept seed": int(kept.seed), "its accuracy": kept[accuracy],
                 "mean accuracy": mean, "gain": kept[accuracy] - mean,
-                "rank correlation": _spearman(group[score], group[accuracy])})
+                "rank correlation": spearman(group[score], group[accuracy])})
     return pd.DataFrame(rows)
 
 
-def _spearman(a: pd.Series, b: pd.Series) -> float:
+def spearman(a: pd.Series, b: pd.Series) -> float:
     """Spearman's rank correlation: Pearson's of the ranks, ties sharing their mean rank (pandas' own spearman
     imports scipy.stats, a second at each report)."""
     return a.rank().corr(b.rank())
@@ -191,7 +191,7 @@ def _restarts_section(runs: pd.DataFrame) -> list[str]:
         lines += [f"## Restarts kept without labels: by {score}", "",
                   f"Of each configuration's seeds, the one with the highest {score} (no labels read): its "
                   "accuracy_hungarian against the mean over the seeds, and the score's rank correlation (Spearman) "
-                  "with accuracy over the seeds.", "", _markdown(table), "",
+                  "with accuracy over the seeds.", "", markdown(table), "",
                   f"Over {len(table)} configurations: gain {gain.mean():+.4f} on average, positive in "
                   f"{(gain > 0).sum()}, rank correlation {table['rank correlation'].mean():+.2f} on average.", ""]
     return lines
@@ -319,7 +319,7 @@ def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out
                                        "frozen_mi_lower_bound_prior") if f"metrics.{m}" in runs])
     ranked = runs.loc[best.index]  # best first
     return [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
-            "", "## Best trials", "", _markdown(best.head(10)), "",
+            "", "## Best trials", "", markdown(best.head(10)), "",
             *_summary_section(runs, metric, spec.search.mode), *_restarts_section(runs), *_pairs_section(paired),
             *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out, other)]
 
@@ -336,7 +336,7 @@ def _best_trials(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
 def _summary_section(runs: pd.DataFrame, metric: str, mode: str) -> list[str]:
     means = _summary(runs, metric)
     return ["## Mean +- std over seeds, per configuration", "",
-            _markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
+            markdown(means[[c for c in means if not c.startswith("_")]]), "", "Picks:", "",
             *_picks(means, metric, mode), ""]
 
 
@@ -344,7 +344,7 @@ def _pairs_section(paired: pd.DataFrame) -> list[str]:
     if not len(paired):
         return []
     lines = ["## lambda_mi > 0 against its lambda_mi = 0 twin (same seed, same initial weights)", "",
-             _markdown(paired.drop(columns=["run_id", "twin_id"])), ""]
+             markdown(paired.drop(columns=["run_id", "twin_id"])), ""]
     for m in [c[:-5] for c in paired if c.endswith(" diff")]:
         for lam, group in paired.groupby("lambda_mi"):
             lines.append(f"- lambda {lam:.3g}: {m} difference, mean +- 95% CI over seeds: "
