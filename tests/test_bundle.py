@@ -133,6 +133,11 @@ def test_each_member_gets_its_agreement_with_the_other_seeds_of_its_lambda_mi(mn
     assert metrics[1]["seed_agreement"] == metrics[3]["seed_agreement"] == pytest.approx(mi(codes[1], codes[3]))
     assert "seed_agreement" not in metrics[5]
     assert bundle.members[0].history[-1] is metrics[0]  # in the history: a checkpoint keeps it
+    # a lambda_mi = 0 configuration's twins are its own runs again: one model per seed, not two that agree fully
+    zero = Bundle.fresh(recipes(members=[(0, 0.0), (0, 0.0), (1, 0.0), (1, 0.0)]), mnist)
+    metrics = [epoch.metrics for epoch in next(zero.epochs())]
+    codes = [member.clusters(mnist.test_images).numpy() for member in zero.members]
+    assert [m["seed_agreement"] for m in metrics] == pytest.approx([mi(codes[0], codes[2])] * 4)
     # a model without a categorical code has no partition to agree on
     plain = [make_spec(SYNTHETIC, **raw_study({"train": {"seed": s}}, model={"categories": None},
                                               mi={"categorical": False, "gaussian": [0]})).recipe for s in (0, 1)]

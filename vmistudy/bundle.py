@@ -169,19 +169,22 @@ class Bundle:
             yield [member.finish_epoch(m, figures_every) for member, m in zip(self.members, metrics)]
 
     def add_seed_agreement(self, metrics: list[dict[str, float]]) -> None:
-        """Into each member's metrics (and so its history), its `seed_agreement` with the members of its
-        lambda_mi: one model's other seeds (metrics.seed_agreement, no labels read). Members alone at their
-        lambda_mi, and models without a categorical code, get none."""
+        """Into each member's metrics (and so its history), its `seed_agreement` with the other seeds of its
+        lambda_mi: one model's other seeds (metrics.seed_agreement, no labels read). Members of one lambda_mi and
+        seed are one model (a lambda_mi = 0 configuration's twins are its own runs again), counted once. A seed
+        alone at its lambda_mi, and a model without a categorical code, get none."""
         if not self.members[0].vae.k:
             return
-        arms: dict[float, list[int]] = {}
+        arms: dict[float, dict[int, list[int]]] = {}  # lambda_mi: {seed: its members}
         for m, trainer in enumerate(self.members):
-            arms.setdefault(trainer.recipe.mi.lambda_mi, []).append(m)
+            arms.setdefault(trainer.recipe.mi.lambda_mi, {}).setdefault(trainer.recipe.train.seed, []).append(m)
         for arm in arms.values():
             if len(arm) > 1:
-                codes = [self.members[m].clusters(self.members[m].data.test_images).cpu().numpy() for m in arm]
-                for m, agreement in zip(arm, seed_agreement(codes)):
-                    metrics[m][AGREEMENT] = agreement
+                models = [self.members[same[0]] for same in arm.values()]
+                codes = [model.clusters(model.data.test_images).cpu().numpy() for model in models]
+                for same, agreement in zip(arm.values(), seed_agreement(codes)):
+                    for m in same:
+                        metrics[m][AGREEMENT] = agreement
 
     def train_step(self, x: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 on one minibatch per member, x [M, B, C, H, W]; returns [M, (VAE loss, MI bound)]."""
