@@ -180,8 +180,8 @@ class Bundle:
             arms.setdefault(trainer.recipe.mi.lambda_mi, {}).setdefault(trainer.recipe.train.seed, []).append(m)
         for arm in arms.values():
             if len(arm) > 1:
-                models = [self.members[same[0]] for same in arm.values()]
-                codes = [model.clusters(model.data.test_images).cpu().numpy() for model in models]
+                # the codes each member's evaluation of this epoch took, not a second pass over the test split
+                codes = [self.members[same[0]].test_clusters.cpu().numpy() for same in arm.values()]
                 for same, agreement in zip(arm.values(), seed_agreement(codes)):
                     for m in same:
                         metrics[m][AGREEMENT] = agreement

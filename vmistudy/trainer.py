@@ -113,6 +113,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+        self.test_clusters: torch.Tensor | None = None  # argmax q(c|x) of the test split at the last evaluation
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         return datasets.as_float(images).contiguous(memory_format=self.memory_format)
@@ -262,7 +263,8 @@ class Trainer:
         bounds = {f"mi_lower_bound_{p}": means[f"log_q_{p}"].item() + float(h) for p, h in entropies.items()}
         metrics.update(bounds, mi_lower_bound=sum(bounds.values()))
         if posterior.categorical:
-            metrics.update(cluster_scores(self.data.test_labels, posterior.categorical.probs.argmax(-1)), **purity,
+            self.test_clusters = posterior.categorical.probs.argmax(-1)
+            metrics.update(cluster_scores(self.data.test_labels, self.test_clusters), **purity,
                            invariance_mi=invariance_mi(posterior.categorical.probs, torch.cat(copies)).item())
         return metrics
 
