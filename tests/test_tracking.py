@@ -190,6 +190,9 @@ def test_report_compares_pairs_and_is_logged_to_the_study_run(tmp_path):
     assert "- lambda 5: frozen_mi_lower_bound_prior difference, mean +- 95% CI over seeds" in text
     for image in ("curves.png", "lambda_rows.png", "pair-0-categorical_swaps.png", "pair-0-contingency_heatmap.png"):
         assert (tmp_path / "report" / image).read_bytes()[:8] == PNG, image
+    # the curves: the thesis' two panels and the study's own metric, 600 pixels each (the PNG header's width)
+    assert "best runs and their twins (figs. 4.8/4.9 and accuracy_hungarian)" in text
+    assert int.from_bytes((tmp_path / "report" / "curves.png").read_bytes()[16:20], "big") == 3 * 600
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
     exp = client.get_experiment_by_name("tiny")
     (parent,) = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'study'")

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import mlflow
 import numpy as np
@@ -225,13 +225,14 @@ def fetched(fetch: Callable, calls: list[tuple]) -> dict[tuple, Any]:
         return dict(zip(calls, pool.map(lambda call: fetch(*call), calls)))
 
 
-def _curve_lines(client: MlflowClient, runs: pd.DataFrame) -> dict[str, list[tuple[str, bool, list]]]:
-    """Per CURVES metric, a line per run that logged it: (label, lambda_mi = 0, its (epoch, value) points)."""
-    histories = fetched(client.get_metric_history, [(run_id, key) for key in CURVES for run_id in runs["run_id"]])
+def _curve_lines(client: MlflowClient, runs: pd.DataFrame, keys: Sequence[str]
+                 ) -> dict[str, list[tuple[str, bool, list]]]:
+    """Per metric in keys, a line per run that logged it: (label, lambda_mi = 0, its (epoch, value) points)."""
+    histories = fetched(client.get_metric_history, [(run_id, key) for key in keys for run_id in runs["run_id"]])
     return {key: [(f"lambda {run['lambda_mi']:.3g}: {run['tags.mlflow.runName']}", run["lambda_mi"] == 0, points)
                   for _, run in runs.iterrows()
                   if (points := sorted((m.step, m.value) for m in histories[run["run_id"], key]))]
-            for key in CURVES}
+            for key in keys}
 
 
 def _draw_curves(lines: dict[str, list[tuple[str, bool, list]]], path: Path) -> Path | None:
@@ -246,7 +247,7 @@ def _draw_curves(lines: dict[str, list[tuple[str, bool, list]]], path: Path) -> 
     for ax, (key, runs) in zip(axes, lines.items()):
         for label, twin, points in runs:  # the label starts with lambda: matplotlib leaves out "_"-labels (trials')
             ax.plot(*zip(*points), linestyle="--" if twin else "-", label=label)
-        ax.set(xlabel="epoch", ylabel=f"{key} (nats, test split)", title=key)
+        ax.set(xlabel="epoch", ylabel=f"{key} ({'nats, ' if key in CURVES else ''}test split)", title=key)
     axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -321,7 +322,7 @@ def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out
     return [f"# Study {spec.name}", "", f"{len(runs)} trials; metric {metric} ({spec.search.mode}), test split.",
             "", "## Best trials", "", markdown(best.head(10)), "",
             *_summary_section(runs, metric, spec.search.mode), *_restarts_section(runs), *_pairs_section(paired),
-            *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], out, other)]
+            *_figures_section(tracker.client, ranked, paired.loc[_ranked_pairs(paired, ranked)], metric, out, other)]
 
 
 def _best_trials(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -374,11 +375,13 @@ def _lambda_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return first.iloc[[i for i in keep if i < len(first)]]
 
 
-def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.DataFrame, out: Path,
+def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.DataFrame, metric: str, out: Path,
                      other: Executor) -> list[str]:
-    """The curves of the best runs (drawn by `other`), z0's traversal per lambda and the best pairs' final
-    figures, downloaded from the runs (`ranked`: every run, best first; `paired`: the pairs to show)."""
-    curves = other.submit(_draw_curves, _curve_lines(client, _curve_runs(ranked, paired)), out / "curves.png")
+    """The curves of the best runs (the thesis' two and the study's metric, drawn by `other`), z0's traversal per
+    lambda and the best pairs' final figures, downloaded from the runs (`ranked`: every run, best first;
+    `paired`: the pairs to show)."""
+    keys = list(dict.fromkeys([*CURVES, metric]))
+    curves = other.submit(_draw_curves, _curve_lines(client, _curve_runs(ranked, paired), keys), out / "curves.png")
     lines = []
     lambda_runs = _lambda_runs(ranked)["run_id"].tolist()
     wanted = [(run_id, "traversal_rows") for run_id in lambda_runs] + [
@@ -399,7 +402,7 @@ def _figures_section(client: MlflowClient, ranked: pd.DataFrame, paired: pd.Data
                     lines += [f"### {pair['run']} (lambda {pair['lambda_mi']:.3g}, left) and its twin "
                               f"{pair['twin']} (right): {name}", "", f"![{name}]({image.name})", ""]
     if curves.result():
-        lines = [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9)", "",
+        lines = [f"## Curves of the {CURVE_RUNS} best runs and their twins (figs. 4.8/4.9 and {metric})", "",
                  "![curves](curves.png)", "", *lines]
     return lines
 
