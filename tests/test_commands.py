@@ -100,7 +100,7 @@ def tracked_study(root: Path) -> Path:
                              "mi_lower_bound": 0.1 * epoch, "kl_categorical": 0.01 * epoch, "elbo": -200.0 + epoch})
         trial.log_figures(lambda folder: {"traversal_rows": _image(folder / "traversal_rows.png")}, 2, final=True)
         tracker.end_trial(f"t{i}", f"_train_trial_{i:04d}", "FINISHED", trial.run_id)
-    tracker.finish({"trials": 2.0}, failed=False)
+    tracker.finish({"trials": 2.0}, "FINISHED")
     return study
 
 

@@ -19,7 +19,7 @@ from ray_support import (SNAPSHOT_EVERY_SECOND, results, run_study, saved_epochs
 from vmistudy import config, run, study
 from vmistudy.config import SUBSET_PATH
 from vmistudy.errors import InputError
-from vmistudy.tracking import TRIAL_TAG
+from vmistudy.tracking import ROLE_TAG, TRIAL_TAG
 
 SEARCH = {"metric": "accuracy_hungarian", "replicates": 2, "paired_baseline": True,
           "subsets": {"cat": {"categorical": True}, "cat+z01": {"categorical": True, "gaussian": [0, 1]}},
@@ -213,6 +213,33 @@ def test_driver_sigkill_then_resume_finishes_every_trial_without_restarting(tmp_
                                     f"tags.`{TRIAL_TAG}` = '{history[0]['trial_id']}'")
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "accuracy_hungarian"))
         assert steps == [1, 2, 3, 4, 5, 6] and run.info.status == "FINISHED", (name, steps, run.info.status)
+
+
+@pytest.mark.ray
+def test_ctrl_c_says_the_study_is_unfinished_exits_130_and_resume_finishes_it(tmp_path):
+    spec = tiny_study(tmp_path, data__train_size=4096, train__epochs=6, search__scheduler__name="none")
+    experiment = tmp_path / "results" / "tiny"
+    driver = start([sys.executable, "-m", "vmistudy.run", str(spec)], tmp_path / "first.log", **SNAPSHOT_EVERY_SECOND)
+    try:
+        wait_for(lambda: any(2 <= len(h) < 6 for h in results(experiment).values()), 300, "two epochs", driver)
+        os.kill(driver.pid, signal.SIGINT)  # Ctrl-C: Tune saves the study's state and returns
+        code = driver.wait(timeout=120)
+    finally:
+        stop_group(driver.pid)
+    log = (tmp_path / "first.log").read_text()
+    assert code == 130 and re.search(r"interrupted: \d trials unfinished", log) and "--resume" in log, log[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+
+    def study_run_status() -> str:
+        (run,) = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'study'")
+        return run.info.status
+
+    assert study_run_status() == "KILLED"
+    code, log = run_study(spec, "--resume", log=tmp_path / "resume.log")
+    assert code == 0 and "interrupted" not in log, log[-3000:]
+    assert len(results(experiment)) == 4 and all(h[-1]["epoch"] == 6 for h in results(experiment).values())
+    assert study_run_status() == "FINISHED"
 
 
 @pytest.mark.ray

@@ -14,6 +14,9 @@ from ray import tune
 from . import config, console, history, layout, study, tracking
 
 CONFIGURATIONS_SHOWN = 5  # in the summary: the best, each beside its twins
+# the study's end, as the MLflow status of its parent run and the command's exit status (130: as a shell reports
+# a command ended by Ctrl-C, which Tune catches to save the study's state and return)
+EXIT_STATUS = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
 
 
 def run(spec: config.StudySpec, args: argparse.Namespace) -> None:
@@ -29,12 +32,12 @@ def run(spec: config.StudySpec, args: argparse.Namespace) -> None:
         tuner = study.tuner(spec, tracker, callbacks=callbacks, verbose=1 if args.verbose else 0)
     results = tuner.fit()
     status = _summarize(results, spec)
-    tracker.finish(_summary_metrics(results, spec), failed=status != 0)
+    tracker.finish(_summary_metrics(results, spec), status)
     invocation = " ".join([args.study, *(f"--set {item}" for item in args.set)])
     print(f"\nnext:\n  report:  python -m vmistudy.report {invocation}  (pairs, curves, figures)\n"
           f"  {tracker.describe(spec)}\n{_optuna_line(spec)}  results: {layout.experiment_path(spec)}\n"
           f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
-    sys.exit(status)
+    sys.exit(EXIT_STATUS[status])
 
 
 def _start(spec: config.StudySpec, study_file: Path,
@@ -49,9 +52,9 @@ def _start(spec: config.StudySpec, study_file: Path,
         return started.result()
 
 
-def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
-    """Print each configuration beside its lambda_mi = 0 twins (the best CONFIGURATIONS_SHOWN) and the errored
-    trials; return the exit status."""
+def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> str:
+    """Print each configuration beside its lambda_mi = 0 twins (the best CONFIGURATIONS_SHOWN), the errored
+    trials and the unfinished ones; return how the study ended (a key of EXIT_STATUS)."""
     search = spec.search
     rows = [row for result in results for row in study.member_rows(result.config or {}, result.metrics or {}, search)]
     lines = console.comparison(rows, spec)
@@ -67,7 +70,14 @@ def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> int:
         if result.error:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
-    return 1 if results.errors else 0
+    # On Ctrl-C (or SIGUSR1) Tune saves the study and returns what it has, its trials marked TERMINATED: a trial
+    # that ended (its last epoch, or stopped by the scheduler) is the one whose last result says done
+    unfinished = sum(not result.error and not (result.metrics or {}).get("done") for result in results)
+    if unfinished:
+        print(f"interrupted: {unfinished} trials unfinished, and the study may not have started all of its trials; "
+              "--resume continues it where it stopped")
+        return "KILLED"
+    return "FAILED" if results.errors else "FINISHED"
 
 
 def _optuna_line(spec: config.StudySpec) -> str:

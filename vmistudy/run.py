@@ -6,7 +6,8 @@ Without --address (and without $RAY_ADDRESS, which `ray job submit` sets) it sta
 this machine on 127.0.0.1. A study lives in <search.storage>/<name>; running a study whose folder already
 holds one is refused unless --resume is given, which continues it where it stopped: the searcher's
 state, the trial count, and unfinished or errored trials from their last checkpoints.
-Exit status: 0 when every trial ended well, 1 when some trial errored (listed), 2 on bad input.
+Exit status: 0 when every trial ended well, 1 when some trial errored (listed), 2 on bad input, 130 when
+interrupted (Ctrl-C) before the study ended: --resume continues it.
 """
 from __future__ import annotations
 

@@ -327,10 +327,11 @@ class StudyTracker:
         if not self.outbox(trial_name, trial_id, run_id, earlier_ids).send({"call": "end", "status": status}):
             self.tell_kept()
 
-    def finish(self, summary: dict[str, float], failed: bool) -> None:
+    def finish(self, summary: dict[str, float], status: str) -> None:
+        """End the study's run with its summary; status: FINISHED, FAILED or KILLED (interrupted)."""
         if self.uri in _told:  # some trial's run kept calls: send those of trials that ended before it was back
             self.send_kept()
-        end = {"call": "end", "status": "FAILED" if failed else "FINISHED"}
+        end = {"call": "end", "status": status}
         if not self.outbox().send({"call": "metrics", "stamp": _now(), "values": summary}, end, force=True):
             self.tell_kept()
 
@@ -434,7 +435,7 @@ class NullStudyTracker:
                   earlier_ids: Sequence[str] = ()) -> None:
         pass
 
-    def finish(self, summary: dict[str, float], failed: bool) -> None:
+    def finish(self, summary: dict[str, float], status: str) -> None:
         pass
 
     def tell_kept(self) -> None:
@@ -472,6 +473,8 @@ def start_study(spec: StudySpec, study_file: Path, storage: str) -> StudyTracker
         parent = _parent_run(client, experiment_id, spec)
         if parent is None:
             parent = _create_parent_run(client, experiment_id, spec, study_file)
+        else:  # resumed: running again, whatever its last driver left (KILLED by Ctrl-C, RUNNING after a crash)
+            client.update_run(parent, "RUNNING")
     tracker = StudyTracker(uri, experiment_id, parent, experiment_path(spec))
     if not tracker.send_kept():
         tracker.tell_kept()
