@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
 
-from conftest import (DEVICES, MNIST_SMALL, SYNTHETIC, make_spec, raw_study, run_cli, state_equal, strip_timing,
-                      write_study)
+from conftest import (DEVICES, MNIST_SMALL, PYTHON, REPO, SYNTHETIC, make_spec, raw_study, run_cli, state_equal,
+                      strip_timing, write_study)
 from vmistudy import data as datasets
 from vmistudy import train
 from vmistudy.errors import InputError
@@ -123,6 +126,30 @@ def test_cli_resume_equals_straight_run(cli_runs):
         assert model["epoch"] == 2
     sa, sb = load_checkpoint(tmp / "straight" / "model.pt"), load_checkpoint(tmp / "resumed" / "model.pt")
     assert state_equal(sa["vae"], sb["vae"]) == []
+
+
+@pytest.mark.subprocess
+def test_ctrl_c_in_train_says_how_to_continue_exits_130_and_resume_goes_on(tmp_path):
+    study = write_study(tmp_path / "study.yaml", raw_study(SYNTHETIC, train={"epochs": 100000}))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([PYTHON, "-m", "vmistudy.train", str(study), "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() or len(_lines(out / "metrics.jsonl")) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "two epochs"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-2:] == [f"{out} holds the last finished epoch: --resume {out} continues "
+                                                "from it", "interrupted (Ctrl-C)"]
+    done = len(_lines(out / "metrics.jsonl"))
+    resumed = run_cli("train", study, "--resume", out, "--set", f"train.epochs={done + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [m["epoch"] for m in _lines(out / "metrics.jsonl")] == list(range(1, done + 2))
 
 
 @pytest.mark.subprocess

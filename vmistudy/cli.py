@@ -17,6 +17,7 @@ from . import config
 from .errors import InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 # a command's last step: the interpreter's final collection walks the heap of torch's, Ray's and MLflow's modules
 # for seconds (2 s after a study) and frees nothing the exit would not. atexit runs it before that collection,
 # after the handlers registered later (Ray's shutdown)
@@ -24,7 +25,8 @@ atexit.register(gc.freeze)
 
 
 def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:
-    """A command's `main`: an InputError raised anywhere below becomes one line on stderr, exit status 2."""
+    """A command's `main`: an InputError raised anywhere below becomes one line on stderr, exit status 2; Ctrl-C
+    one line too (a command that keeps state says how to continue first), exit status 130, no traceback."""
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> None:
         try:
@@ -32,6 +34,9 @@ def command(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | N
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
     return wrapper
 
 

@@ -59,13 +59,17 @@ def main(argv: list[str] | None = None) -> None:
         load_state(trainer, state, out / CHECKPOINT, "train again with --out NEW")
     out.mkdir(parents=True, exist_ok=True)
     _write_history(out / METRICS, trainer.history)
-    for epoch in trainer.epochs(progress=lambda number: ProgressBar(number, recipe.train.epochs),
-                                notify=lambda line: print(line, file=sys.stderr, flush=True)):
-        save_checkpoint(trainer.state_dict(), out / CHECKPOINT)
-        line = json.dumps(epoch.metrics)
-        with open(out / METRICS, "a") as f:
-            f.write(line + "\n")
-        print(line, flush=True)
+    try:
+        for epoch in trainer.epochs(progress=lambda number: ProgressBar(number, recipe.train.epochs),
+                                    notify=lambda line: print(line, file=sys.stderr, flush=True)):
+            save_checkpoint(trainer.state_dict(), out / CHECKPOINT)
+            line = json.dumps(epoch.metrics)
+            with open(out / METRICS, "a") as f:
+                f.write(line + "\n")
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        print(f"\n{out} holds the last finished epoch: --resume {out} continues from it", file=sys.stderr)
+        raise
     save_checkpoint({"spec": recipe.model_dump(), "vae": trainer.vae.state_dict(), "epoch": trainer.epoch},
                     out / MODEL)
     print(f"model: {out / MODEL}", flush=True)
