@@ -74,8 +74,9 @@ def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> str:
     # that ended (its last epoch, or stopped by the scheduler) is the one whose last result says done
     unfinished = sum(not result.error and not (result.metrics or {}).get("done") for result in results)
     if unfinished:
-        print(f"interrupted: {unfinished} trials unfinished, and the study may not have started all of its trials; "
-              "--resume continues it where it stopped")
+        planned = study.configurations(search) * study.trials_per_configuration(search)
+        print(f"interrupted: {unfinished} of the {len(results)} trials started are unfinished ({planned} planned); "
+              "--resume continues the study where it stopped")
         return "KILLED"
     return "FAILED" if results.errors else "FINISHED"
 
