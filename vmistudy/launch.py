@@ -70,13 +70,11 @@ def _summarize(results: tune.ResultGrid, spec: config.StudySpec) -> str:
         if result.error:
             reason = str(result.error).strip().splitlines()[-1]
             print(f"errored: {result.path}: {reason}")
-    # On Ctrl-C (or SIGUSR1) Tune saves the study and returns what it has, its trials marked TERMINATED: a trial
-    # that ended (its last epoch, or stopped by the scheduler) is the one whose last result says done
-    unfinished = sum(not result.error and not (result.metrics or {}).get("done") for result in results)
+    unfinished = layout.unended_trials(spec)  # on Ctrl-C (or SIGUSR1) Tune saves the study and returns
     if unfinished:
         planned = study.configurations(search) * study.trials_per_configuration(search)
-        print(f"interrupted: {unfinished} of the {len(results)} trials started are unfinished ({planned} planned); "
-              "--resume continues the study where it stopped")
+        print(f"interrupted: {len(unfinished)} of the {len(results)} trials started are unfinished ({planned} "
+              "planned); --resume continues the study where it stopped")
         return "KILLED"
     return "FAILED" if results.errors else "FINISHED"
 

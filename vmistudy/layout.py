@@ -23,6 +23,8 @@ TRIAL_STATE = "vmistudy-state.pt"  # a trial's resume state, in its Tune folder,
 # a trial's configuration and the trial id its MLflow run is tagged with, in its Tune folder from its first start
 TRIAL_MARKER = "vmistudy-trial.json"
 TUNER_STATE = "tuner.pkl"  # Tune's own, in the study folder: what Tuner.can_restore looks for
+EXPERIMENT_STATE = "experiment_state-*.json"  # Tune's record of every trial, one file per driver's life
+ENDED = ("TERMINATED", "ERROR")  # the statuses of trials that will not run again (unless resumed: errored ones)
 
 
 def storage_path(spec: StudySpec) -> str:
@@ -70,6 +72,20 @@ def newest_file(spec: StudySpec, pattern: str) -> str | None:
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(spec))
     names = fnmatch.filter([info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root))], pattern)
     return f"{experiment_path(spec)}/{max(names)}" if names else None
+
+
+def trial_statuses(experiment_state: dict) -> dict[str, str]:
+    """Each trial's status (PENDING, RUNNING, PAUSED, TERMINATED or ERROR) in a Tune experiment state's JSON."""
+    trials = (json.loads(data) for data, _ in experiment_state["trial_data"])
+    return {trial["custom_trial_name"]: trial["status"] for trial in trials}
+
+
+def unended_trials(spec: StudySpec) -> list[str]:
+    """The trials Tune's newest record of the study left running or waiting: after Ctrl-C, those it stopped
+    (it writes the record before it marks every trial TERMINATED in memory)."""
+    path = newest_file(spec, EXPERIMENT_STATE)
+    statuses = trial_statuses(json.loads(read_bytes(path))) if path else {}
+    return [name for name, status in statuses.items() if status not in ENDED]
 
 
 def trial_state_path(spec: StudySpec, trial_name: str) -> str:

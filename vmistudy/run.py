@@ -25,7 +25,7 @@ from .errors import InputError
 MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "train.device", "search.max_failures"}
 # What Tune reads to resume a study (the newest of each, by the time in the name): JSON, the others pickles
 # (search_gen_state-*.json too, whatever its name says)
-EXPERIMENT_STATE = "experiment_state-*.json"
+EXPERIMENT_STATE = layout.EXPERIMENT_STATE
 TUNE_STATE = (layout.TUNER_STATE, EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
 DAMAGED_STUDY = "Tune cannot resume from it: restore the file, or start the study afresh with --set name=NEW"
 
@@ -139,8 +139,7 @@ def _ours_exists(name: str) -> bool:
 def _unfinished_trials(experiment: Any, path: str) -> list[str]:
     """The names of the trials Tune will continue (not TERMINATED), from its experiment state."""
     try:
-        trials = [json.loads(state) for state, _ in experiment["trial_data"]]
-        return [t["custom_trial_name"] for t in trials if t["status"] != "TERMINATED"]
+        return [name for name, status in layout.trial_statuses(experiment).items() if status != "TERMINATED"]
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{path}: damaged, not a Tune experiment state ({type(e).__name__}); {DAMAGED_STUDY}"
                          ) from None
