@@ -12,11 +12,12 @@ from pathlib import Path
 from ray import tune
 
 from . import config, console, history, layout, study, tracking
+from .cli import EXIT_INTERRUPTED
 
 CONFIGURATIONS_SHOWN = 5  # in the summary: the best, each beside its twins
-# the study's end, as the MLflow status of its parent run and the command's exit status (130: as a shell reports
-# a command ended by Ctrl-C, which Tune catches to save the study's state and return)
-EXIT_STATUS = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
+# the study's end, as the MLflow status of its parent run and the command's exit status (Ctrl-C, which Tune
+# catches to save the study's state and return, exits as any command ended by Ctrl-C does)
+EXIT_STATUS = {"FINISHED": 0, "FAILED": 1, "KILLED": EXIT_INTERRUPTED}
 
 
 def run(spec: config.StudySpec, args: argparse.Namespace) -> None:

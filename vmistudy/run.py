@@ -25,8 +25,7 @@ from .errors import InputError
 MAY_CHANGE_ON_RESUME = {"resources.cpu", "resources.gpu", "train.threads", "train.device", "search.max_failures"}
 # What Tune reads to resume a study (the newest of each, by the time in the name): JSON, the others pickles
 # (search_gen_state-*.json too, whatever its name says)
-EXPERIMENT_STATE = layout.EXPERIMENT_STATE
-TUNE_STATE = (layout.TUNER_STATE, EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
+TUNE_STATE = (layout.TUNER_STATE, layout.EXPERIMENT_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
 DAMAGED_STUDY = "Tune cannot resume from it: restore the file, or start the study afresh with --set name=NEW"
 
 
@@ -88,8 +87,8 @@ def check_saved_state(spec: config.StudySpec) -> None:
     if missing:
         raise InputError(f"--resume: {layout.experiment_path(spec)} has no {missing[0]}: Tune saved no state "
                          "before the study stopped; start afresh with --set name=NEW")
-    states = {pattern: _tune_state(path, pattern == EXPERIMENT_STATE) for pattern, path in files.items()}
-    for name in _unfinished_trials(states[EXPERIMENT_STATE], files[EXPERIMENT_STATE]):
+    states = {pattern: _tune_state(path, pattern == layout.EXPERIMENT_STATE) for pattern, path in files.items()}
+    for name in _unfinished_trials(states[layout.EXPERIMENT_STATE], files[layout.EXPERIMENT_STATE]):
         _trial_state(layout.trial_state_path(spec, name), name)
 
 
