@@ -9,7 +9,9 @@ split, pools the runs of all the experiments given into configurations (specs eq
 prints, per configuration, the mean accuracy over its seeds beside their agreement; the configuration each picks
 and the gap (goal: the label-free pick within 2 points of the labels'); Spearman's rank correlation over
 configurations; and of each configuration's seeds, the restart the agreement keeps against the mean seed. The
-categorical MI bound (each run's last epoch) is scored the same way beside it.
+categorical MI bound (each run's last epoch) is scored the same way beside it. Last, the consensus of each
+configuration's seeds (metrics.consensus: their categories matched, then a vote per image; no labels read) against
+its mean seed and its best one: whether restarts pooled, rather than one restart kept, remove the seed lottery.
 Pass experiments trained alike (data, epochs): their configurations are ranked together.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 from vmistudy import config, data
 from vmistudy.cli import ArgumentParser, command, quiet
 from vmistudy.errors import InputError
-from vmistudy.metrics import accuracy_hungarian, seed_agreement
+from vmistudy.metrics import accuracy_hungarian, consensus, seed_agreement
 from vmistudy.report import markdown, spearman
 from vmistudy.trainer import Trainer, load_checkpoint
 
@@ -74,10 +76,12 @@ def table(models: list[Trainer]) -> pd.DataFrame:
     rows = []
     for (key, group), fields in zip(groups.items(), varied(list(groups))):
         codes = [t.clusters(t.data.test_images).numpy() for t in group]
+        labels = group[0].data.test_labels.numpy()
         agreement = seed_agreement(codes) if len(group) > 1 else [float("nan")]
+        together = accuracy_hungarian(labels, consensus(codes)) if len(group) > 1 else float("nan")
         for trainer, code, score in zip(group, codes, agreement):
             rows.append({**fields, "configuration": key, "seed": trainer.recipe.train.seed, "epoch": trainer.epoch,
-                         "accuracy_hungarian": accuracy_hungarian(trainer.data.test_labels.numpy(), code),
+                         "accuracy_hungarian": accuracy_hungarian(labels, code), "consensus": together,
                          "seed_agreement": score,
                          "mi_lower_bound_categorical": trainer.history[-1]["mi_lower_bound_categorical"]})
     return pd.DataFrame(rows)
@@ -85,10 +89,12 @@ def table(models: list[Trainer]) -> pd.DataFrame:
 
 def summary(runs: pd.DataFrame) -> list[str]:
     """The configurations' means, and for each label-free score its pick, rank correlation and restarts."""
-    fields = [c for c in runs.columns if c not in ("configuration", "seed", "epoch", "accuracy_hungarian", *SCORES)]
+    fields = [c for c in runs.columns
+              if c not in ("configuration", "seed", "epoch", "accuracy_hungarian", "consensus", *SCORES)]
     means = runs.groupby("configuration", sort=False).agg(
         **{f: (f, "first") for f in fields}, seeds=("seed", "size"),
-        **{m: (m, "mean") for m in ("accuracy_hungarian", *SCORES)})
+        **{m: (m, "mean") for m in ("accuracy_hungarian", *SCORES)},
+        best_seed=("accuracy_hungarian", "max"), consensus=("consensus", "first"))
     means = means[means.seeds > 1]
     if len(means) < 2:
         raise InputError("fewer than 2 configurations with 2 or more seeds: nothing to choose between")
@@ -106,7 +112,15 @@ def summary(runs: pd.DataFrame) -> list[str]:
                   f"{spearman(means[score], means.accuracy_hungarian):+.2f}; the seed it keeps of each "
                   f"configuration {100 * gains.mean():+.1f} points over the mean seed on average (positive in "
                   f"{(gains > 0).sum()} of {len(gains)})"]
-    return lines
+    return lines + [consensus_line(means)]
+
+
+def consensus_line(means: pd.DataFrame) -> str:
+    """What a vote of each configuration's seeds is worth against its mean seed and its best one."""
+    over_mean, over_best = means.consensus - means.accuracy_hungarian, means.consensus - means.best_seed
+    return (f"the consensus of each configuration's seeds (a vote after matching their categories, no labels): "
+            f"{100 * over_mean.mean():+.1f} points over the mean seed on average (positive in {(over_mean > 0).sum()} "
+            f"of {len(means)}), {100 * over_best.mean():+.1f} over the best seed (positive in {(over_best > 0).sum()})")
 
 
 def describe(row: pd.Series, fields: list[str]) -> str:

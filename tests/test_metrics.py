@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_scores, contingency, mutual_information,
-                              nmi, one_hot_sample, seed_agreement)
+from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_scores, consensus, contingency, matched,
+                              mutual_information, nmi, one_hot_sample, seed_agreement)
 
 
 def _labels(rng, n=2000, k=10):
@@ -133,3 +133,45 @@ def test_seed_agreement_is_each_codes_mean_mi_with_the_others_and_reads_no_label
     # codes that collapse agree on nothing, though they are equal (NMI would call them one partition)
     assert seed_agreement([np.zeros(100, int), np.zeros(100, int)]) == [0.0, 0.0]
     assert nmi(np.zeros(100, int), np.zeros(100, int)) == 1.0
+
+
+def test_matched_renames_a_code_to_the_reference_it_agrees_with_most():
+    rng = np.random.default_rng(1)
+    reference = rng.integers(0, 10, 3000)
+    assert np.array_equal(matched(rng.permutation(10)[reference], reference), reference)
+    merged = matched((np.where(reference == 9, 4, reference) + 2) % 10, reference)  # 4 and 9 as one category
+    apart = (reference != 4) & (reference != 9)
+    assert np.array_equal(merged[apart], reference[apart]) and set(merged[~apart]) in ({4}, {9})
+    split = np.where((reference == 4) & (rng.random(3000) < 0.5), 10, reference)  # eleven: the smaller half a new name
+    renamed = matched((split + 5) % 11, reference)
+    assert (renamed == reference).mean() == accuracy_hungarian(reference, renamed) > 0.94 and renamed.max() == 10
+
+
+def _seeds(rng, classes, errors, n_seeds=5):
+    """Codes of the classes under other names, each wrong on its own random `errors` share of the images."""
+    codes = []
+    for _ in range(n_seeds):
+        noisy = np.where(rng.random(len(classes)) < errors, rng.integers(0, 10, len(classes)), classes)
+        codes.append(rng.permutation(10)[noisy])
+    return codes
+
+
+def test_a_vote_of_seeds_that_err_apart_beats_every_seed_without_reading_labels():
+    rng = np.random.default_rng(2)
+    classes = rng.integers(0, 10, 5000)
+    codes = _seeds(rng, classes, errors=0.3)
+    alone = [accuracy_hungarian(classes, code) for code in codes]
+    together = accuracy_hungarian(classes, consensus(codes))
+    assert max(alone) < 0.76 and together > 0.93  # 5 votes, each right with p ~ 0.73: the majority nearly always
+    renamed = [rng.permutation(10)[code] for code in codes]  # names are arbitrary: the vote does not depend on them
+    assert accuracy_hungarian(consensus(codes), consensus(renamed)) == 1.0
+
+
+def test_a_seed_that_splits_a_class_by_style_is_outvoted():
+    rng = np.random.default_rng(3)
+    classes, style = rng.integers(0, 10, 4000), rng.random(4000) < 0.5
+    codes = _seeds(rng, classes, errors=0.05, n_seeds=4)
+    codes.append(np.where((classes == 1) & style, 7, classes))  # merges 1 with 7 and splits it: 2 errors in one
+    together = accuracy_hungarian(classes, consensus(codes))
+    assert together > 0.99 > accuracy_hungarian(classes, codes[-1])
+    assert consensus([classes, classes]).tolist() == classes.tolist()  # agreeing seeds: their code

@@ -8,7 +8,7 @@ import pytest
 from benchmarks import seed_agreement
 from conftest import MNIST_SMALL, make_spec
 from vmistudy import data as datasets
-from vmistudy.metrics import mutual_information
+from vmistudy.metrics import accuracy_hungarian, consensus, mutual_information
 from vmistudy.trainer import Trainer, save_checkpoint
 
 RUNS = [(cap, seed) for cap in (2.0, 5.0) for seed in (0, 1, 2)]
@@ -38,6 +38,9 @@ def test_each_runs_agreement_is_its_mean_mi_with_its_configurations_other_seeds(
     expected = np.mean([mutual_information(codes[0], codes[1]), mutual_information(codes[0], codes[2])])
     assert runs.seed_agreement.iloc[0] == pytest.approx(expected)
     assert runs.mi_lower_bound_categorical.iloc[0] == models[0].history[-1]["mi_lower_bound_categorical"]
+    labels = models[0].data.test_labels.numpy()
+    assert runs.consensus.tolist() == [accuracy_hungarian(labels, consensus(codes[:3]))] * 3 + \
+        [accuracy_hungarian(labels, consensus(codes[3:]))] * 3
 
 
 def test_the_command_prints_each_scores_pick_against_the_labels(experiment, capsys):
@@ -48,6 +51,7 @@ def test_the_command_prints_each_scores_pick_against_the_labels(experiment, caps
     assert "the labels pick train.capacity.gaussian.cap=" in out
     for name in ("seed agreement picks", "the categorical MI bound picks"):
         assert name in out and "points below (goal 2: " in out and "over the 2 configurations" in out
+    assert "| consensus |" in out and "the consensus of each configuration's seeds (a vote after matching" in out
 
 
 def test_a_folder_without_trials_is_one_line_and_exit_2(tmp_path, capsys):

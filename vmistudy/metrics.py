@@ -67,6 +67,35 @@ def seed_agreement(codes: list[np.ndarray]) -> list[float]:
     return [statistics.fmean(v for pair, v in pairs.items() if k in pair) for k in range(len(codes))]
 
 
+def matched(code: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`code` relabelled by the one-to-one matching of its categories to the reference's that agrees most."""
+    counts = contingency(code, reference)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    names = np.arange(max(counts.shape))  # a category the matching leaves out keeps a name no match takes
+    names[rows] = cols
+    names[np.setdiff1d(np.arange(len(names)), rows)] = np.setdiff1d(np.arange(len(names)), cols)
+    return names[code]
+
+
+def consensus(codes: list[np.ndarray], rounds: int = 10) -> np.ndarray:
+    """One code from several seeds' codes of the same images, no labels read: each seed's categories matched to a
+    reference's, then a vote per image, the vote the next reference, until it stops changing (voting-based cluster
+    ensembles, Dudoit and Fridlyand 2003). Each seed votes with its agreement with the others (seed_agreement), and
+    the first reference is the seed that agrees most: a seed that split the digits by style counts for least, and
+    the result does not depend on the names the seeds gave their categories."""
+    weights = seed_agreement(codes)
+    reference = codes[int(np.argmax(weights))]
+    for _ in range(rounds):
+        votes = np.zeros((len(reference), max(c.max() for c in [reference, *codes]) + 1))
+        for code, weight in zip(codes, weights):
+            np.add.at(votes, (np.arange(len(code)), matched(code, reference)), weight)
+        vote = votes.argmax(1)
+        if np.array_equal(vote, reference):
+            break
+        reference = vote
+    return reference
+
+
 def cluster_scores(labels: torch.Tensor, clusters: torch.Tensor) -> dict[str, float]:
     labels, clusters = labels.cpu().numpy(), clusters.cpu().numpy()
     return {"accuracy_hungarian": accuracy_hungarian(labels, clusters),
