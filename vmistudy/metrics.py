@@ -70,10 +70,9 @@ def seed_agreement(codes: list[np.ndarray]) -> list[float]:
 def matched(code: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """`code` relabelled by the one-to-one matching of its categories to the reference's that agrees most."""
     counts = contingency(code, reference)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    names = np.arange(max(counts.shape))  # a category the matching leaves out keeps a name no match takes
-    names[rows] = cols
-    names[np.setdiff1d(np.arange(len(names)), rows)] = np.setdiff1d(np.arange(len(names)), cols)
+    n = max(counts.shape)  # square, so that a category either code lacks is matched too, to a name no other takes
+    _, names = linear_sum_assignment(np.pad(counts, ((0, n - counts.shape[0]), (0, n - counts.shape[1]))),
+                                     maximize=True)
     return names[code]
 
 
@@ -85,10 +84,11 @@ def consensus(codes: list[np.ndarray], rounds: int = 10) -> np.ndarray:
     the result does not depend on the names the seeds gave their categories."""
     weights = seed_agreement(codes)
     reference = codes[int(np.argmax(weights))]
+    images, categories = np.arange(len(reference)), max(c.max() for c in codes) + 1
     for _ in range(rounds):
-        votes = np.zeros((len(reference), max(c.max() for c in [reference, *codes]) + 1))
+        votes = np.zeros((len(images), categories))
         for code, weight in zip(codes, weights):
-            np.add.at(votes, (np.arange(len(code)), matched(code, reference)), weight)
+            np.add.at(votes, (images, matched(code, reference)), weight)
         vote = votes.argmax(1)
         if np.array_equal(vote, reference):
             break
