@@ -12,6 +12,9 @@ configurations; and of each configuration's seeds, the restart the agreement kee
 categorical MI bound (each run's last epoch) is scored the same way beside it. Last, the consensus of each
 configuration's seeds (metrics.consensus: their categories matched, then a vote per image; no labels read) against
 its mean seed and its best one: whether restarts pooled, rather than one restart kept, remove the seed lottery.
+With `--ensemble K`, each configuration's seeds are also split, in seed order, into disjoint ensembles of K, and
+their consensus is a distribution: mean and 95% interval over the ensembles, each beside its lambda_mi = 0 twins'
+ensemble of the same seeds where the experiments hold the twins (paired difference, 95% interval).
 Pass experiments trained alike (data, epochs): their configurations are ranked together.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from vmistudy import config, data
 from vmistudy.cli import ArgumentParser, command, quiet
 from vmistudy.errors import InputError
 from vmistudy.metrics import accuracy_hungarian, consensus, seed_agreement
-from vmistudy.report import markdown, spearman
+from vmistudy.report import markdown, spearman, t_half_width
 from vmistudy.trainer import Trainer, load_checkpoint
 
 GOAL = 0.02  # the label-free pick within 2 points of the labelled one
@@ -83,14 +86,16 @@ def table(models: list[Trainer]) -> pd.DataFrame:
             rows.append({**fields, "configuration": key, "seed": trainer.recipe.train.seed, "epoch": trainer.epoch,
                          "accuracy_hungarian": accuracy_hungarian(labels, code), "consensus": together,
                          "seed_agreement": score,
-                         "mi_lower_bound_categorical": trainer.history[-1]["mi_lower_bound_categorical"]})
+                         "mi_lower_bound_categorical": trainer.history[-1]["mi_lower_bound_categorical"],
+                         "code": code, "labels": labels})
     return pd.DataFrame(rows)
 
 
 def summary(runs: pd.DataFrame) -> list[str]:
     """The configurations' means, and for each label-free score its pick, rank correlation and restarts."""
     fields = [c for c in runs.columns
-              if c not in ("configuration", "seed", "epoch", "accuracy_hungarian", "consensus", *SCORES)]
+              if c not in ("configuration", "seed", "epoch", "accuracy_hungarian", "consensus", "code", "labels",
+                           *SCORES)]
     means = runs.groupby("configuration", sort=False).agg(
         **{f: (f, "first") for f in fields}, seeds=("seed", "size"),
         **{m: (m, "mean") for m in ("accuracy_hungarian", *SCORES)},
@@ -123,7 +128,56 @@ def consensus_line(means: pd.DataFrame) -> str:
             f"of {len(means)}), {100 * over_best.mean():+.1f} over the best seed (positive in {(over_best > 0).sum()})")
 
 
-def describe(row: pd.Series, fields: list[str]) -> str:
+def ensembles(runs: pd.DataFrame, size: int) -> pd.DataFrame:
+    """Each configuration's seeds in disjoint ensembles of `size`, in seed order (a remainder left out): the
+    consensus accuracy of each beside its mean and best seed."""
+    rows = []
+    for key, group in runs.sort_values("seed").groupby("configuration", sort=False):
+        for start in range(0, len(group) - size + 1, size):
+            members = group.iloc[start:start + size]
+            labels = members.labels.iloc[0]
+            rows.append({"configuration": key, "seeds": tuple(members.seed),
+                         "consensus": accuracy_hungarian(labels, consensus(list(members.code))),
+                         "mean_seed": members.accuracy_hungarian.mean(), "best_seed": members.accuracy_hungarian.max()})
+    return pd.DataFrame(rows, columns=["configuration", "seeds", "consensus", "mean_seed", "best_seed"])
+
+
+def twin_of(key: str) -> str | None:
+    """The configuration of `key`'s lambda_mi = 0 twins, or None where `key` is one itself."""
+    recipe = json.loads(key)
+    if not recipe["mi"]["lambda_mi"]:
+        return None
+    recipe["mi"]["lambda_mi"] = 0.0
+    return json.dumps(recipe, sort_keys=True, default=str)
+
+
+def ensemble_lines(runs: pd.DataFrame, size: int) -> list[str]:
+    """Per configuration, its ensembles' consensus as mean +- 95% interval, and against its twins' ensembles."""
+    table = ensembles(runs, size)
+    keys = list(runs.configuration.unique())
+    named = dict(zip(keys, varied(keys)))
+    lines = [f"ensembles of {size} seeds (disjoint, in seed order), each voted into one code without labels:"]
+    for key, group in table.groupby("configuration", sort=False):
+        lines.append(f"  {describe(named[key], list(named[key]))}: {len(group)} ensemble(s), consensus "
+                     f"{interval(group.consensus)} (their mean seed {interval(group.mean_seed)}, best seed "
+                     f"{interval(group.best_seed)})")
+        twins = table[table.configuration == twin_of(key)]
+        paired = group.merge(twins, on="seeds", suffixes=("", "_twin"))
+        if len(paired):
+            diff = paired.consensus - paired.consensus_twin
+            lines.append(f"    against the lambda_mi = 0 twins' ensembles of the same seeds: {interval(diff)} points, "
+                         f"higher in {(diff > 0).sum()} of {len(diff)}")
+    return lines
+
+
+def interval(values: pd.Series) -> str:
+    """Percent points as mean +- half-width of the 95% t interval (the mean alone for one value)."""
+    if len(values) < 2:
+        return f"{100 * values.mean():.1f} (n=1)"
+    return f"{100 * values.mean():.1f} +- {100 * t_half_width(values.tolist()):.1f} (n={len(values)})"
+
+
+def describe(row: pd.Series | dict, fields: list[str]) -> str:
     return ", ".join(f"{f}={row[f]}" for f in fields) or "the one configuration"
 
 
@@ -132,12 +186,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m benchmarks.seed_agreement", description=__doc__.split("\n\n")[0],
                             examples=["python -m benchmarks.seed_agreement ~/vmistudy-results/best-mnist"])
     parser.add_argument("experiments", type=Path, nargs="+", help="<search.storage>/<name> of studies that have run")
+    parser.add_argument("--ensemble", type=int, metavar="K",
+                        help="also split each configuration's seeds into disjoint ensembles of K and vote each")
     parser.add_verbose()
     args = parser.parse_args(argv)
+    if args.ensemble is not None and args.ensemble < 2:
+        parser.error(f"--ensemble: {args.ensemble} is not allowed; an ensemble is 2 or more seeds")
     quiet(args.verbose)
     models = [trainer for experiment in args.experiments for trainer in final_models(experiment)]
     print(f"{len(models)} runs from {len(args.experiments)} experiment(s)")
-    print("\n".join(summary(table(models))))
+    runs = table(models)
+    print("\n".join(summary(runs)))
+    if args.ensemble:
+        print("\n".join(ensemble_lines(runs, args.ensemble)))
 
 
 if __name__ == "__main__":

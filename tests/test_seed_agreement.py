@@ -2,13 +2,17 @@
 scores each run's agreement with its configuration's other seeds as a bundle would (metrics.seed_agreement)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks import seed_agreement
 from conftest import MNIST_SMALL, make_spec
 from vmistudy import data as datasets
 from vmistudy.metrics import accuracy_hungarian, consensus, mutual_information
+from vmistudy.report import t_half_width
 from vmistudy.trainer import Trainer, save_checkpoint
 
 RUNS = [(cap, seed) for cap in (2.0, 5.0) for seed in (0, 1, 2)]
@@ -60,3 +64,57 @@ def test_a_folder_without_trials_is_one_line_and_exit_2(tmp_path, capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no train_trial_*/checkpoint_*/checkpoint.pt" in err[0]
+
+
+def synthetic_runs(seeds: int = 5) -> pd.DataFrame:
+    """Runs of an MI configuration and its twins, without training: each seed's code is the labels, renamed, with a
+    share of the images put in a random category (more for the twins)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 500)
+    rows = []
+    for lambda_mi, noise in ((5.0, 0.3), (0.0, 0.5)):
+        key = json.dumps({"mi": {"lambda_mi": lambda_mi}, "train": {"epochs": 1}}, sort_keys=True)
+        for seed in reversed(range(seeds)):  # out of order: ensembles take the seeds in order
+            code = rng.permutation(10)[labels]
+            noisy = rng.random(len(labels)) < noise
+            code[noisy] = rng.integers(0, 10, noisy.sum())
+            rows.append({"mi.lambda_mi": lambda_mi, "configuration": key, "seed": seed, "code": code,
+                         "labels": labels, "accuracy_hungarian": accuracy_hungarian(labels, code)})
+    return pd.DataFrame(rows)
+
+
+def test_ensembles_are_disjoint_runs_of_seeds_each_voted_into_one_code():
+    runs = synthetic_runs()
+    table = seed_agreement.ensembles(runs, 2)
+    assert table.seeds.tolist() == [(0, 1), (2, 3)] * 2  # seed 4 is a remainder, left out
+    mi = runs[runs["mi.lambda_mi"] > 0].set_index("seed")
+    votes = consensus([mi.code[2], mi.code[3]])
+    assert table.consensus[1] == accuracy_hungarian(mi.labels[2], votes)
+    assert table.mean_seed[1] == pytest.approx(mi.accuracy_hungarian[[2, 3]].mean())
+    assert table.best_seed[1] == mi.accuracy_hungarian[[2, 3]].max()
+
+
+def test_each_ensemble_is_paired_with_its_twins_ensemble_of_the_same_seeds():
+    runs = synthetic_runs(seeds=9)
+    lines = seed_agreement.ensemble_lines(runs, 3)
+    table = seed_agreement.ensembles(runs, 3)
+    mi, twins = table[:3], table[3:]
+    diff = 100 * (mi.consensus.to_numpy() - twins.consensus.to_numpy())
+    assert lines[0].startswith("ensembles of 3 seeds (disjoint, in seed order)")
+    assert lines[1].startswith(f"  mi.lambda_mi=5.0: 3 ensemble(s), consensus {100 * mi.consensus.mean():.1f} +- ")
+    assert lines[2] == (f"    against the lambda_mi = 0 twins' ensembles of the same seeds: {diff.mean():.1f} +- "
+                        f"{100 * t_half_width((diff / 100).tolist()):.1f} (n=3) points, higher in "
+                        f"{(diff > 0).sum()} of 3")
+    assert lines[3].startswith("  mi.lambda_mi=0.0: 3 ensemble(s)") and len(lines) == 4  # twins have no twins
+
+
+def test_the_command_prints_ensembles_and_refuses_an_ensemble_of_one(experiment, capsys):
+    seed_agreement.main([str(experiment), "--ensemble", "2"])
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("ensembles of 2 seeds (disjoint, in seed order), each voted into one code without labels:")
+    assert [line.split(":")[0] for line in out[start + 1:]] == [
+        "  train.capacity.gaussian.cap=2.0", "  train.capacity.gaussian.cap=5.0"]
+    with pytest.raises(SystemExit) as exited:
+        seed_agreement.main([str(experiment), "--ensemble", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1 and "--ensemble: 1 is not allowed" in err[0]
