@@ -217,9 +217,10 @@ def test_calls_the_server_did_not_take_are_kept_across_a_restart_and_logged_once
 @pytest.mark.ray
 @pytest.mark.server
 def test_a_server_restarted_in_mid_study_loses_no_metric_point(tmp_path, server):
-    """The issue's case: stopped 30 s into the study (its trials' epochs 12 of 15), started again 60 s later;
-    MLflow's retries (7, about 4 minutes by default) bridge the outage."""
-    _, experiment, driver = started_study(tmp_path, server.uri, time_scale=2.5, trials=2)
+    """The issue's case: stopped 30 s into the study (its trials' epochs 6 of 15; 75 s a trial, so that a driver
+    that reports its first epoch late under load still has epochs to log), started again 60 s later; MLflow's
+    retries (7, about 4 minutes by default) bridge the outage."""
+    _, experiment, driver = started_study(tmp_path, server.uri, time_scale=5.0, trials=2)
     try:
         time.sleep(30)
         server.stop()
