@@ -91,11 +91,15 @@ def table(models: list[Trainer]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def field_columns(runs: pd.DataFrame) -> list[str]:
+    """The columns of `table` that say how its configurations differ."""
+    measured = ("configuration", "seed", "epoch", "accuracy_hungarian", "consensus", "code", "labels", *SCORES)
+    return [c for c in runs.columns if c not in measured]
+
+
 def summary(runs: pd.DataFrame) -> list[str]:
     """The configurations' means, and for each label-free score its pick, rank correlation and restarts."""
-    fields = [c for c in runs.columns
-              if c not in ("configuration", "seed", "epoch", "accuracy_hungarian", "consensus", "code", "labels",
-                           *SCORES)]
+    fields = field_columns(runs)
     means = runs.groupby("configuration", sort=False).agg(
         **{f: (f, "first") for f in fields}, seeds=("seed", "size"),
         **{m: (m, "mean") for m in ("accuracy_hungarian", *SCORES)},
@@ -154,11 +158,10 @@ def twin_of(key: str) -> str | None:
 def ensemble_lines(runs: pd.DataFrame, size: int) -> list[str]:
     """Per configuration, its ensembles' consensus as mean +- 95% interval, and against its twins' ensembles."""
     table = ensembles(runs, size)
-    keys = list(runs.configuration.unique())
-    named = dict(zip(keys, varied(keys)))
+    fields, first = field_columns(runs), runs.drop_duplicates("configuration").set_index("configuration")
     lines = [f"ensembles of {size} seeds (disjoint, in seed order), each voted into one code without labels:"]
     for key, group in table.groupby("configuration", sort=False):
-        lines.append(f"  {describe(named[key], list(named[key]))}: {len(group)} ensemble(s), consensus "
+        lines.append(f"  {describe(first.loc[key], fields)}: {len(group)} ensemble(s), consensus "
                      f"{interval(group.consensus)} (their mean seed {interval(group.mean_seed)}, best seed "
                      f"{interval(group.best_seed)})")
         twins = table[table.configuration == twin_of(key)]
@@ -177,7 +180,7 @@ def interval(values: pd.Series) -> str:
     return f"{100 * values.mean():.1f} +- {100 * t_half_width(values.tolist()):.1f} (n={len(values)})"
 
 
-def describe(row: pd.Series | dict, fields: list[str]) -> str:
+def describe(row: pd.Series, fields: list[str]) -> str:
     return ", ".join(f"{f}={row[f]}" for f in fields) or "the one configuration"
 
 
