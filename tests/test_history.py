@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +25,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from conftest import PYTHON, make_spec, write_study
 from ray_support import start, stop_group, wait_for
-from vmistudy import config, history, layout, report, study, tracking
+from vmistudy import cli, config, history, layout, report, study, tracking
 from vmistudy.history import CONFIGURATION, TRIAL_IDS
 from vmistudy.study import OptunaHistory
 
@@ -153,6 +155,27 @@ def test_the_views_are_drawn_or_skipped_with_the_reason(tmp_path):
                                                                           "no configuration has completed")
 
 
+def test_a_parameter_that_kept_one_value_is_drawn_without_library_warnings_unless_verbose(tmp_path, monkeypatch):
+    for name in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL"):  # quiet() sets them: undone after
+        monkeypatch.delenv(name, raising=False)
+    for logger in ("mlflow", "optuna._gp.batched_lbfgsb"):
+        monkeypatch.setattr(logging.getLogger(logger), "level", logging.getLogger(logger).level)
+    flat = optuna.create_study(direction="maximize")
+    for lam in (1.0, 2.0, 5.0, 7.0):  # train.beta kept 1.5 in every completed configuration: a flat axis
+        flat.add_trial(optuna.trial.create_trial(value=lam, params={"mi.lambda_mi": lam, "train.beta": 1.5},
+                                                 distributions={"mi.lambda_mi": optuna.distributions.FloatDistribution(
+                                                     1.0, 10.0), "train.beta": optuna.distributions.FloatDistribution(
+                                                     1.0, 2.0)}))
+    for verbose in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli.quiet(verbose)
+            drawn = history.draw(flat, tmp_path)
+        assert all(isinstance(path, Path) for path in drawn.values()), drawn
+        library = [str(w.message) for w in caught if "optuna" in w.filename]
+        assert bool(library) == verbose, library  # the noise is there to hide, and --verbose shows it
+
+
 LAMBDAS, BETAS, SEEDS, EPOCHS = (0.0, 1.0, 2.0, 4.0, 7.0, 10.0), (1.0, 1.25, 1.5, 1.75, 2.0), (0, 1), 3
 
 
@@ -213,13 +236,16 @@ def assert_recorded_as_searched(spec: config.StudySpec, results) -> None:
 def test_a_replayed_study_records_each_configuration_and_the_report_draws_and_logs_the_views(tmp_path):
     raw, spec = replayed_study(tmp_path, scheduler={"name": "none"})  # all complete: every view has its trials
     storage = layout.storage_path(spec)
-    tracker = tracking.start_study(spec, write_study(tmp_path / "study.yaml", raw), storage)
+    study_file = write_study(tmp_path / "study.yaml", raw)
+    tracker = tracking.start_study(spec, study_file, storage)
     with local_ray():
         results = study.tuner(spec, tracker, callbacks=(OptunaHistory(spec),), verbose=0).fit()
     assert len(results) == 16 and not results.errors
     assert_recorded_as_searched(spec, results)
 
-    report.write(spec, tracking.find_study(spec, storage), tmp_path / "report")
+    # the command, where the study's images are not (a laptop reading a cluster's study): it reads MLflow only
+    report.main([str(study_file), "--set", "data.name=mnist", "--set", f"data.root={tmp_path / 'no-images'}",
+                 "--out", str(tmp_path / "report"), "--verbose"])  # verbose: it leaves this process' logging be
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Optuna's views of the search" in text and history.dashboard_command(spec) in text
     client = MlflowClient(tracker.uri)

@@ -73,13 +73,18 @@ def quiet(verbose: bool = False) -> None:
     # Ray times the define-by-run space, in which the sampler fits its model (a Gaussian process: seconds with
     # hundreds of trials), and warns as if the space trained something
     warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+    # Optuna's views of a parameter that kept one value over the completed configurations draw a flat axis, which
+    # matplotlib warns about (the view is right: the axis holds one value)
+    warnings.filterwarnings("ignore", module=r"optuna\.visualization(\.|$)")
     # Optuna's GP notes at import that it optimizes without greenlet, an optional speed-up not installed here
     logging.getLogger("optuna._gp.batched_lbfgsb").setLevel(logging.ERROR)
 
 
-def load_study(path: str | Path, overrides: list[str], service: bool = False) -> config.StudySpec:
-    """The validated study file with its overrides; `service`: it must have a search section."""
-    spec = config.load(path, overrides)
+def load_study(path: str | Path, overrides: list[str], service: bool = False,
+               reads_data: bool = True) -> config.StudySpec:
+    """The validated study file with its overrides; `service`: it must have a search section; `reads_data`: its
+    data root must exist."""
+    spec = config.load(path, overrides, reads_data)
     if service and spec.search is None:
         raise InputError(f"{path}: search: required for a study (to train one model: python -m vmistudy.train)")
     return spec

@@ -16,12 +16,13 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import InputError
 
 DATA_ENV = "VMISTUDY_DATA"
+READS_DATA = "reads_data"  # the validation context's key: whether the command reads the images (DataSpec)
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
@@ -77,8 +78,9 @@ class DataSpec(Section):
         return Path.home() / ".cache" / "vmistudy" / "data"
 
     @model_validator(mode="after")
-    def _root_exists(self) -> DataSpec:
-        if self.name == "synthetic" or self.download:
+    def _root_exists(self, info: ValidationInfo) -> DataSpec:
+        # a command that reads no images (the report, over MLflow) may run where the dataset is not
+        if self.name == "synthetic" or self.download or not (info.context or {}).get(READS_DATA, True):
             return self
         root = self.resolved_root()
         needed = root / TORCHVISION_FOLDERS[self.name] / "raw" if self.name in TORCHVISION_FOLDERS else root
@@ -423,12 +425,12 @@ class Recipe:
                 "train": self.train.model_dump(), "mi": self.mi.model_dump()}
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> StudySpec:
-    """Read a study file, apply `key.path=value` overrides, validate."""
+def load(path: str | Path, overrides: list[str] = (), reads_data: bool = True) -> StudySpec:
+    """Read a study file, apply `key.path=value` overrides, validate (`reads_data`: the data root must exist)."""
     raw = read_yaml(Path(path))
     for item in overrides:
         apply_override(raw, item)
-    return validate(raw, source=str(path))
+    return validate(raw, source=str(path), reads_data=reads_data)
 
 
 MAX_BYTES = 1 << 20  # a study file is a few KiB
@@ -547,9 +549,9 @@ def apply_override(raw: dict, item: str) -> None:
         raise InputError(f"--set {key}: the value {text!r} is not valid YAML ({_yaml_problem(e)})") from None
 
 
-def validate(raw: dict, source: str = "study") -> StudySpec:
+def validate(raw: dict, source: str = "study", reads_data: bool = True) -> StudySpec:
     try:
-        return StudySpec.model_validate(raw)
+        return StudySpec.model_validate(raw, context={READS_DATA: reads_data})
     except ValidationError as e:
         raise InputError(f"{source}: {describe(e.errors()[0])}") from None
 

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_verbose()
     args = parser.parse_args(argv)
     quiet(args.verbose)
-    spec = load_study(args.study, args.set, service=True)
+    spec = load_study(args.study, args.set, service=True, reads_data=False)  # it reads MLflow, not the images
     tracker = open_study(spec, args.study)
     out = args.out or Path(layout.experiment_path(spec)) / "report"
     check_writable(out, "--out")
