@@ -115,7 +115,12 @@ def test_a_50_trial_replayed_study_reports_the_tables_numbers_to_tune_and_mlflow
                                  f"tags.`{TRIAL_TAG}` = '{rows[0]['trial_id']}'")[0]
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy_hungarian"))
         assert logged == [(r["epoch"], r["accuracy_hungarian"]) for r in rows]
-        assert run.info.status == "FINISHED" and run.data.params["replay.table"] == str(table_path)
+        assert run.info.status == "FINISHED"
+        # a trial's params are what it varies (the searched fields, the seed, lambda_mi); the study's run has the rest
+        assert set(run.data.params) == {*raw["search"]["space"], "train.seed", "mi.lambda_mi"}
+        assert float(run.data.params["train.beta"]) == rows[0]["config"]["train.beta"]
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.params["replay.table"] == str(table_path) and parent.data.params["train.epochs"] == str(EPOCHS)
     assert stopped_early > 0, "ASHA stopped some replayed trials early"
 
 

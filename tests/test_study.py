@@ -39,6 +39,24 @@ def test_trial_spec_applies_samples_seeds_and_twins():
     assert study.trials_per_configuration(spec.search) == 4
 
 
+def test_a_trial_differs_from_its_study_only_in_the_fields_its_run_logs():
+    spec = make_spec(search=SEARCH, train={"seed": 7}, mi={"lambda_mi": 2.0})
+    fields = spec.search.trial_fields()
+    assert SUBSET_PATH not in fields and {"mi.categorical", "mi.gaussian", "train.seed", "mi.lambda_mi"} <= fields
+    base = config.flatten(spec)
+    space = study.SearchSpace(spec.search)
+    sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    changed = set()
+    for i in range(24):
+        trial = sampler.ask()
+        space(trial)
+        flat = config.flatten(study.trial_spec(spec, {**trial.params, TRIAL_INDEX: i % 4}))
+        changed |= {k for k, v in flat.items() if k != "search" and v != base[k]}
+        sampler.tell(trial, 0.0)
+    assert changed <= fields, changed - fields  # what a trial changes, its run records
+    assert changed >= {"mi.gaussian", "train.seed", "mi.lambda_mi", "train.temperature.min"}
+
+
 def test_conditional_parameter_sampled_only_when_its_condition_holds():
     space = study.SearchSpace(make_spec(search=SEARCH).search)
     optuna_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -40,6 +40,9 @@ def assert_runs_match_trials(client: MlflowClient, experiment: Path, name: str) 
     trials = results(experiment)
     runs = {r.data.tags[TRIAL_TAG]: r for r in child_runs(client, name)}
     assert len(runs) == len(trials)
+    # Tune's logs: each trial's result.json (read above) and progress.csv; no TensorBoard files, which nothing reads
+    assert len(list(experiment.glob("*/progress.csv"))) == len(trials)
+    assert not list(experiment.rglob("events.out.tfevents*")), "Tune's TensorBoard logger is on"
     for history in trials.values():
         run = runs[history[0]["trial_id"]]
         assert run.info.status == "FINISHED", run.info.status

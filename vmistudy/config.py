@@ -259,6 +259,12 @@ class SearchSpec(Section):
                                                        "(saves seconds per trial; off: each trial waits for its own)")
     storage: str = Field("~/vmistudy-results", description="absolute path or URI (s3://, gs://) of Tune's storage")
 
+    def trial_fields(self) -> set[str]:
+        """The fields in which a trial's spec may differ from the study's (study.trial_spec): the searched ones (a
+        subset's as the MI fields it sets), train.seed (replicates) and mi.lambda_mi (twins)."""
+        subset = {f"mi.{field}" for field in MISubset.model_fields} if SUBSET_PATH in self.space else set()
+        return {*self.space, *subset, "train.seed", "mi.lambda_mi"} - {SUBSET_PATH}
+
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpec:
         if self.algorithm == "grid":

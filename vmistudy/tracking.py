@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import mlflow
@@ -308,8 +308,8 @@ class StudyTracker:
         return MlflowClient(self.uri)
 
     def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str,
-              earlier_ids: Sequence[str] = ()) -> TrialTracker:
-        return TrialTracker(self, trial_id, trial_name, spec, node, earlier_ids)
+              earlier_ids: Sequence[str] = (), fields: Collection[str] | None = None) -> TrialTracker:
+        return TrialTracker(self, trial_id, trial_name, spec, node, earlier_ids, fields)
 
     def outbox(self, trial_name: str | None = None, trial_id: str | None = None,
                run_id: str | None = None, earlier_ids: Sequence[str] = ()) -> Outbox:
@@ -365,20 +365,21 @@ class TrialTracker:
     """The child run of one trial: found by trial id (a resumed trial continues it) or created.
 
     study: the study's tracker; trial_id, trial_name: Tune's, the run's tag and name; spec: the trial's
-    full spec, logged as params when the run is created; node: the Ray node the trial runs on (a tag,
-    rewritten at every start, since a resumed trial may land elsewhere); earlier_ids: the lost trials whose
-    folder and run the trial took over, the oldest first (study.ContinueTrials). The trial's calls go through
+    full spec, whose `fields` (all by default; a study's trials log the fields they vary, SearchSpec.trial_fields,
+    the study's run has the rest) are logged as params when the run is created; node: the Ray node the trial runs
+    on (a tag, rewritten at every start, since a resumed trial may land elsewhere); earlier_ids: the lost trials
+    whose folder and run the trial took over, the oldest first (study.ContinueTrials). The trial's calls go through
     its outbox; `kept` counts those the server has not taken yet. With tracking.system_metrics, the run gets
     system metrics from when the server has taken its calls (the run exists) until the run ends, the trial's
     process ends, or the process starts another trial.
     """
 
     def __init__(self, study: StudyTracker, trial_id: str, trial_name: str, spec: StudySpec, node: str,
-                 earlier_ids: Sequence[str] = ()):
+                 earlier_ids: Sequence[str] = (), fields: Collection[str] | None = None):
         self.outbox = study.outbox(trial_name, trial_id, earlier_ids=earlier_ids)
         tags = {PARENT_TAG: study.parent_run_id, STUDY_TAG: spec.name, TRIAL_TAG: trial_id,
                 "seed": str(spec.train.seed), "node": node}
-        params = {k: str(v)[:PARAM_LIMIT] for k, v in flatten(spec).items()}
+        params = {k: str(v)[:PARAM_LIMIT] for k, v in flatten(spec).items() if fields is None or k in fields}
         self.outbox.send({"call": "open", "name": trial_name, "tags": tags, "params": params})
         self.monitor: SystemMetrics | None = None
         self.system_metrics = spec.tracking.system_metrics
@@ -428,7 +429,7 @@ class NullStudyTracker:
     """Tracking off: takes the calls a `StudyTracker` takes and records nothing."""
 
     def trial(self, trial_id: str, trial_name: str, spec: StudySpec, node: str,
-              earlier_ids: Sequence[str] = ()) -> NullTrialTracker:
+              earlier_ids: Sequence[str] = (), fields: Collection[str] | None = None) -> NullTrialTracker:
         return NullTrialTracker()
 
     def end_trial(self, trial_id: str, trial_name: str, status: str, run_id: str | None = None,
