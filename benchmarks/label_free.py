@@ -42,8 +42,9 @@ GOAL = 0.02  # the label-free pick within 2 points of the labelled one
 def study_table(study: str, metric: str) -> replay.CurveTable:
     """A study's trials as a learning-curve table: the fields its configurations vary, lambda_mi, seed, epoch, and
     per epoch the metric and the label-free scores, from each trial's MLflow history."""
-    tracker = report.open_study(load_study(study, [], service=True), study)
-    runs = report.trial_runs(tracker)
+    spec = load_study(study, [], service=True)
+    tracker = report.open_study(spec, study)
+    runs = report.trial_runs(tracker, spec.search.trial_fields())
     fields = [*report.configuration_columns(runs), "params.mi.lambda_mi"]
     names = [m for m in (metric, *SCORES) if f"metrics.{m}" in runs]
     histories = report.fetched(tracker.client.get_metric_history, [(r, m) for r in runs.run_id for m in names])

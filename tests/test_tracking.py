@@ -147,7 +147,7 @@ def test_real_mlflow_server_receives_every_run_metric_and_image(tmp_path):
                 assert any(f["path"].endswith(".png") for f in listed.get("files", []))
         # the report asks a server in 16 parts, by the run id's last digit: every trial run once, newest first
         spec = load_study(str(study), [], service=True)
-        read = report.trial_runs(report.open_study(spec, str(study)))
+        read = report.trial_runs(report.open_study(spec, str(study)), spec.search.trial_fields())
         assert sorted(read.run_id) == sorted(r["info"]["run_id"] for r in children)
         assert read.start_time.is_monotonic_decreasing and read.lambda_mi.notna().all()
     finally:

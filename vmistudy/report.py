@@ -18,7 +18,7 @@ import tempfile
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import mlflow
 import numpy as np
@@ -48,11 +48,16 @@ FETCHES = 8  # MLflow reads at a time (fetched)
 RUN_ID_DIGITS = "0123456789abcdef"  # a run id is a uuid's hex: its last digit splits a search into 16 even parts
 
 
-def trial_runs(tracker: tracking.StudyTracker) -> pd.DataFrame:
-    """The study's trial runs (final metrics, params as numbers where they all are), with lambda_mi and seed."""
+def trial_runs(tracker: tracking.StudyTracker, fields: Collection[str]) -> pd.DataFrame:
+    """The study's trial runs (final metrics, params as numbers where they all are), with lambda_mi and seed.
+    `fields`: what a trial's run logs (SearchSpec.trial_fields). A run logged before that rule (2026-12-02) also
+    has the study's other settings, and a study resumed across it has both kinds: only `fields` are read, so
+    that its runs compare alike (another param would tell the old runs from the new as configurations)."""
     mlflow.set_tracking_uri(tracker.uri)
     with _cyclic_gc_off():
         runs = _search_runs(tracker, f"tags.`{tracking.PARENT_TAG}` = '{tracker.parent_run_id}'")
+    read = {f"params.{field}" for field in fields}
+    runs = runs.drop(columns=[c for c in runs if c.startswith("params.") and c not in read])
     for column in [c for c in runs if c.startswith("params.")]:
         numbers = pd.to_numeric(runs[column], errors="coerce")
         if numbers.notna().all():
@@ -312,7 +317,7 @@ def _other_process() -> Executor:
 def _mlflow_sections(spec: config.StudySpec, tracker: tracking.StudyTracker, out: Path, other: Executor
                      ) -> list[str]:
     """The report's parts read from the trials' MLflow runs; prints the best trials. `other` draws the curves."""
-    runs = trial_runs(tracker)
+    runs = trial_runs(tracker, spec.search.trial_fields())
     metric = spec.search.metric
     best = _best_trials(runs, metric, spec.search.mode)
     print(best.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
