@@ -11,7 +11,8 @@ the table's seeds is within 0.5 points of the table's best or among its top 5%. 
 of trial-epochs the driver had received when a good configuration first reached the last epoch (the study then
 stops); a study that finds none (its budget of configurations spent, or its searcher done) costs infinity.
 Printed per strategy: median and interquartile range of the cost, how many seeds found nothing, and the
-median's ratio to random search without stopping. The goal: the service's default search at most 1/3.
+median's ratio to random search without stopping, with a 95% bootstrap interval (each strategy's seeds drawn
+again with replacement). The goal: the service's default search at most 1/3.
 For scale, a last line simulates a searcher told the table's top third in advance (no stopping): about what
 the goal asks of a searcher that starts knowing nothing; and a first line says how much of the good set is the
 table's seed noise (its seeds redrawn with replacement).
@@ -192,13 +193,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{strategy}: {summary(costs[strategy])} ({time.perf_counter() - start:.0f} s so far)", flush=True)
     ray.shutdown()
     print(f"\ntrial-epochs until a good configuration is done ({args.seeds} seeds, {args.concurrent} trials at a time)")
-    print(f"{'strategy':24s}{'median':>8s}{'IQR':>16s}{'not found':>11s}{'ratio to ' + BASELINE:>18s}")
+    print(f"{'strategy':24s}{'median':>8s}{'IQR':>16s}{'not found':>11s}{'ratio to ' + BASELINE:>18s}"
+          f"{'95% interval':>16s}")
     base = np.median(costs[BASELINE]) if BASELINE in costs else None
     told = told_the_top(means, good, grid.train.epochs, args.concurrent)
     for strategy, values in {**costs, YARDSTICK: told}.items():
         median, (q1, q3) = np.median(values), np.percentile(values, [25, 75])
-        ratio = f"{median / base:.2f}" if base else "n/a"
-        print(f"{strategy:24s}{median:8.0f}{f'{q1:.0f}-{q3:.0f}':>16s}{sum(map(math.isinf, values)):11d}{ratio:>18s}")
+        ratio, interval = "n/a", ""
+        if base:
+            low, high = ratio_interval(values, costs[BASELINE])
+            ratio, interval = f"{median / base:.2f}", f"{low:.2f}-{high:.2f}"
+        print(f"{strategy:24s}{median:8.0f}{f'{q1:.0f}-{q3:.0f}':>16s}{sum(map(math.isinf, values)):11d}{ratio:>18s}"
+              f"{interval:>16s}")
     print(f"{YARDSTICK}: simulated, a searcher that knew the table's top third in advance")
     if base and DEFAULT in costs:
         ratio = np.median(costs[DEFAULT]) / base
@@ -206,6 +212,17 @@ def main(argv: list[str] | None = None) -> None:
             f"not judged from {args.seeds} seed{'s' * (args.seeds > 1)} (the goal is judged over {GOAL_SEEDS} or more)"
         print(f"goal: the default search ({DEFAULT}) needs at most 1/3 of {BASELINE}'s trial-epochs: {verdict} "
               f"({ratio:.2f})")
+
+
+def ratio_interval(values: list[float], base: list[float], draws: int = 2000, level: float = 0.95
+                   ) -> tuple[float, float]:
+    """A percentile bootstrap interval of median(values) / median(base), each drawn again with replacement: how
+    far the ratio could move with other searcher seeds (the strategies' seeds are not paired: one seed starts
+    different searches)."""
+    rng = np.random.default_rng(0)
+    ratios = [np.median(rng.choice(values, len(values))) / np.median(rng.choice(base, len(base)))
+              for _ in range(draws)]
+    return tuple(np.nanpercentile(ratios, [50 * (1 - level), 50 * (1 + level)]))
 
 
 def summary(values: list[float]) -> str:

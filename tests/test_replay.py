@@ -166,6 +166,17 @@ def test_the_good_set_is_stable_without_seed_noise_and_unstable_with_it():
     assert stay < 0.9 and ever > 2
 
 
+def test_the_ratio_to_random_has_an_interval_that_covers_it_and_excludes_1_only_when_the_costs_differ():
+    """benchmarks.study_efficiency prints each median's ratio to random's with a 95% bootstrap interval."""
+    rng = np.random.default_rng(2)
+    same, base = rng.exponential(100, 50), rng.exponential(100, 50)
+    low, high = study_efficiency.ratio_interval(list(same), list(base))
+    assert low < np.median(same) / np.median(base) < high and low < 1 < high
+    low, high = study_efficiency.ratio_interval(list(same / 3), list(base))
+    assert low < np.median(same / 3) / np.median(base) < high < 1
+    assert study_efficiency.ratio_interval([50.0] * 10, [100.0] * 10) == (0.5, 0.5)
+
+
 def test_the_scale_study_has_new_configurations_for_all_its_trials(tmp_path):
     """benchmarks.scale asks for 1,000 trials of the 96-point table. As choices its points would all be tried
     after 288 trials and the study would end there (a configuration proposed again is told, not run); its
