@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_scores, consensus, contingency, matched,
-                              mutual_information, nmi, one_hot_sample, seed_agreement)
+from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_scores, consensus, contingency, kmeans,
+                              matched, mutual_information, nmi, one_hot_sample, seed_agreement)
 
 
 def _labels(rng, n=2000, k=10):
@@ -175,3 +175,17 @@ def test_a_seed_that_splits_a_class_by_style_is_outvoted():
     together = accuracy_hungarian(classes, consensus(codes))
     assert together > 0.99 > accuracy_hungarian(classes, codes[-1])
     assert consensus([classes, classes]).tolist() == classes.tolist()  # agreeing seeds: their code
+
+
+def test_kmeans_finds_the_centres_of_separate_blobs_and_repeats_itself_from_the_same_generator():
+    """Ten blobs of unequal sizes in 16 dims, 8 sd apart: the centres found are the blobs' means, one each."""
+    rng = torch.Generator().manual_seed(3)
+    means = 8 * torch.randn(10, 16, generator=rng)
+    sizes = torch.randint(20, 200, (10,), generator=rng)
+    points = torch.cat([m + torch.randn(int(n), 16, generator=rng) for m, n in zip(means, sizes)])
+    centres = kmeans(points, 10, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(centres, means).argmin(1)
+    assert sorted(nearest.tolist()) == list(range(10))
+    blob_means = torch.stack([p.mean(0) for p in points.split(sizes.tolist())])
+    assert torch.allclose(centres, blob_means[nearest], atol=1e-4)
+    assert torch.equal(kmeans(points, 10, torch.Generator().manual_seed(0)), centres)

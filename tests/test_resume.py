@@ -56,6 +56,14 @@ def test_resume_in_process_with_the_invariance_term(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_in_process_across_the_end_of_pretraining(tmp_path):
+    """Resumed from the last pretraining epoch's checkpoint, the mixture's means start where they would have."""
+    _resume_matches_straight_run(make_spec(model={"prior": "mixture", "prior_spread": 0.0},
+                                           train={"pretrain_epochs": 1}, mi={"lambda_mi": 3.0, "gaussian": []}),
+                                 tmp_path)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_resume_in_process_mnist(tmp_path, mnist_root, device):
     _resume_matches_straight_run(make_spec(MNIST_SMALL, train={"device": device}), tmp_path)

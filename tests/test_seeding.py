@@ -1,4 +1,5 @@
-"""Seeds: the initial VAE depends only on the model and the seed; runs with the same spec are identical."""
+"""Seeds: the initial VAE depends only on the model and the seed; runs with the same spec are identical; a pair
+of twins is one model until its MI term starts."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +7,8 @@ import torch
 
 from conftest import make_spec, state_equal, strip_timing
 from vmistudy import data as datasets
+from vmistudy.metrics import kmeans
+from vmistudy.networks import inference
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
 SHAPE = (1, 28, 28)
@@ -92,3 +95,29 @@ def test_data_order_and_sampling_follow_the_seed():
     assert not torch.equal(a.data_rng.get_state(), c.data_rng.get_state())
     assert torch.equal(a.sample_rng.get_state(), b.sample_rng.get_state())
     assert not torch.equal(a.sample_rng.get_state(), c.sample_rng.get_state())
+
+
+def test_pretraining_is_the_elbo_alone_then_the_mixture_means_start_at_k_means_centres_of_z():
+    """train.pretrain_epochs: a lambda_mi > 0 trainer equals its lambda_mi = 0 twin through the pretraining (no MI
+    term; the mixture's means held at the origin: the standard prior); the first epoch after it starts both from
+    the same k-means centres of the training split's z means, and only then do they part."""
+    def trainer(lambda_mi):
+        spec = make_spec(model={"prior": "mixture", "prior_spread": 0.0}, train={"epochs": 3, "pretrain_epochs": 1},
+                         mi={"lambda_mi": lambda_mi, "gaussian": []})
+        return Trainer(spec.recipe, datasets.load(spec.data))
+
+    mi, twin = trainer(3.0), trainer(0.0)
+    assert mi.pretraining
+    for t in (mi, twin):
+        t.train_epoch()
+    assert not mi.pretraining and state_equal(mi.vae.state_dict(), twin.vae.state_dict()) == []
+    assert not mi.vae.prior_means.any()
+    with inference(mi.vae):
+        means = mi.vae.encode(mi.images(mi.data.train_images)).gaussian.mean
+    expected = kmeans(means, mi.vae.k, torch.Generator().manual_seed(mi.recipe.train.seed))
+    mi.start_prior()
+    assert torch.equal(mi.vae.prior_means.detach(), expected) and expected.abs().sum(1).min() > 0
+    for t in (mi, twin):
+        t.train_epoch()
+    assert state_equal(mi.vae.state_dict(), twin.vae.state_dict()) != []
+    assert torch.allclose(mi.vae.prior_means, twin.vae.prior_means, atol=0.1)  # the same start, a few steps on

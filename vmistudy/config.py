@@ -145,6 +145,10 @@ class TrainSpec(Section):
     q_lr: float = Field(1e-3, gt=0, description="Adam learning rate of Q")
     beta: float = Field(1.0, ge=0, description="KL weight; 1 is the plain ELBO")
     seed: StrictInt = Field(0, ge=0)
+    pretrain_epochs: StrictInt = Field(
+        0, ge=0, description="the first epochs train the ELBO alone (no MI term; under model.prior mixture every "
+                             "mu_c held at the origin: the standard prior); then a mixture prior's means start at "
+                             "the k-means centres of the training split's z means (VaDE's start; beyond the thesis)")
     temperature: TemperatureSpec = TemperatureSpec()
     capacity: CapacitiesSpec = CapacitiesSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -357,6 +361,7 @@ class StudySpec(Section):
             if self.mi.gaussian:
                 raise ValueError("mi.gaussian: under model.prior mixture the entropy of z has no closed form; "
                                  "use the categorical target only")
+        _check_pretraining(self)
         capacity = self.train.capacity
         if capacity.gaussian.cap is not None and d == 0:
             raise ValueError("train.capacity.gaussian.cap: the model has no Gaussian part (model.gaussian_dims is 0)")
@@ -399,8 +404,19 @@ class StudySpec(Section):
         return Recipe(self.data, self.model, self.train, self.mi)
 
 
+def _check_pretraining(spec: StudySpec) -> None:
+    pretrain = spec.train.pretrain_epochs
+    if pretrain and pretrain >= spec.train.epochs:
+        raise ValueError(f"train.pretrain_epochs: must be below train.epochs ({spec.train.epochs}): the epochs after "
+                         f"it train the method, got {pretrain}")
+    if pretrain and spec.model.prior == "mixture" and spec.model.prior_spread:
+        raise ValueError("model.prior_spread: with train.pretrain_epochs the means are held at the origin, then "
+                         "start at k-means centres; set it to 0")
+
+
 def _check_bundle(spec: StudySpec) -> None:
-    """What search.bundle cannot do: the conv backbone, the invariance term (bundle.py), or a replayed study."""
+    """What search.bundle cannot do: the conv backbone, the invariance term, pretraining (bundle.py), or a replayed
+    study."""
     searched = spec.search.space.get("model.backbone")
     backbones = {spec.model.backbone, *((searched.choice or []) if searched else [])}
     if "conv" in backbones:
@@ -408,6 +424,9 @@ def _check_bundle(spec: StudySpec) -> None:
                          "statistics are not vectorized); set model.backbone: mlp or search.bundle: false")
     if spec.mi.invariance.weight or "mi.invariance.weight" in spec.search.space:
         raise ValueError("search.bundle: bundles do not train the invariance term (mi.invariance.weight); "
+                         "set it to 0 or search.bundle: false")
+    if spec.train.pretrain_epochs or "train.pretrain_epochs" in spec.search.space:
+        raise ValueError("search.bundle: bundles do not pretrain (train.pretrain_epochs); "
                          "set it to 0 or search.bundle: false")
     if spec.replay.table:
         raise ValueError("search.bundle: a replayed study (replay.table) trains no models to bundle; "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from typing import Callable
 
@@ -94,6 +95,37 @@ def consensus(codes: list[np.ndarray], rounds: int = 10) -> np.ndarray:
             break
         reference = vote
     return reference
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, restarts: int = 10, iterations: int = 100
+           ) -> torch.Tensor:
+    """Centres [k, d] of the best (least summed squared distance) of `restarts` runs of Lloyd's algorithm from
+    k-means++ starts drawn on `generator` (CPU tensors): the same points and generator give the same centres."""
+    best, least = points[:k], math.inf
+    for _ in range(restarts):
+        centres = _kmeans_plus_plus(points, k, generator)
+        for _ in range(iterations):
+            nearest = torch.cdist(points, centres).argmin(1)
+            sums = torch.zeros_like(centres).index_add_(0, nearest, points)
+            counts = torch.bincount(nearest, minlength=k).unsqueeze(1)
+            moved = torch.where(counts > 0, sums / counts.clamp(min=1), centres)  # an empty cluster keeps its centre
+            if torch.equal(moved, centres):
+                break
+            centres = moved
+        inertia = torch.cdist(points, centres).min(1).values.square().sum().item()
+        if inertia < least:
+            best, least = centres, inertia
+    return best
+
+
+def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k starting centres, each next one a point drawn with odds proportional to its squared distance to the
+    nearest centre chosen so far (Arthur and Vassilvitskii 2007)."""
+    chosen = torch.randint(len(points), (1,), generator=generator)
+    for _ in range(k - 1):
+        gap = torch.cdist(points, points[chosen]).min(1).values.square()
+        chosen = torch.cat([chosen, torch.multinomial(gap / gap.sum(), 1, generator=generator)])
+    return points[chosen]
 
 
 def cluster_scores(labels: torch.Tensor, clusters: torch.Tensor) -> dict[str, float]:

@@ -20,7 +20,7 @@ import torch
 
 from . import data as datasets
 from .config import Recipe
-from .metrics import accuracy_majority, cluster_scores, frozen_mi
+from .metrics import accuracy_majority, cluster_scores, frozen_mi, kmeans
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
 from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, mi_warmup, target_entropy,
                         temperature, virtual_adversarial)
@@ -141,7 +141,7 @@ class Trainer:
         self.q_opt.step()
 
         loss = terms.loss(recipe.train, self.step)
-        if recipe.mi.lambda_mi > 0:
+        if recipe.mi.lambda_mi > 0 and not self.pretraining:
             with autocast(recipe, self.device):
                 mi = mi_lower_bound(self.q.log_prob(x_tilde, z_hat, c_hat), entropies)
                 if recipe.mi.invariance.weight:
@@ -150,7 +150,7 @@ class Trainer:
             self._check_finite({"mi_lower_bound": mi})
             loss = loss - recipe.mi.lambda_mi * mi_warmup(self.step, recipe.mi) * mi
         self.vae_opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=self.vae_parameters)
+        loss.backward(inputs=self._trained_parameters())
         self.vae_opt.step()
         self.step += 1
         with torch.no_grad():
@@ -199,8 +199,30 @@ class Trainer:
             metrics.update(self.frozen_mi_lower_bounds())  # the history's entry too: checkpoints keep them
         return Epoch(self.epoch, metrics, last, last or bool(figures_every) and self.epoch % figures_every == 0)
 
+    @property
+    def pretraining(self) -> bool:
+        """In train.pretrain_epochs: the ELBO alone, a mixture prior's means held at the origin."""
+        return self.epoch < self.recipe.train.pretrain_epochs
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        held = self.vae.prior_means if self.pretraining else None
+        return [p for p in self.vae_parameters if p is not held]
+
+    def start_prior(self) -> None:
+        """VaDE's start from a pretrained model: mu_c := the k-means centres of the training split's z means,
+        drawn from the trial's seed, so that a twin (the same pretraining) starts from the same centres."""
+        with inference(self.vae):
+            means = torch.cat([self.vae.encode(self.images(batch)).gaussian.mean
+                               for batch in self.data.train_images.split(EVAL_BATCH)])
+        generator = torch.Generator().manual_seed(self.recipe.train.seed)
+        with torch.no_grad():
+            self.vae.prior_means.copy_(kmeans(means.float().cpu(), self.vae.k, generator))
+
     def train_epoch(self, progress: Progress | None = None) -> dict[str, float]:
         """One pass over the training set, then the test-split metrics; returns and records them."""
+        pretrained = self.recipe.train.pretrain_epochs and self.epoch == self.recipe.train.pretrain_epochs
+        if pretrained and self.vae.prior_means is not None:
+            self.start_prior()
         self.vae.train()
         self.q.train()
         images = self.data.train_images
