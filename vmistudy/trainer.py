@@ -4,7 +4,8 @@ Per minibatch, one VAE forward serves both steps (the VAE does not change betwee
   1. Q step: maximize E log Q(c^|x~) over Q, on detached c^ and x~;
   2. VAE step: minimize -(ELBO + lambda_mi * MI) over the encoder and decoder with Q held fixed;
      the MI gradient reaches them through c^ and x~.
-Q is trained even at lambda_mi = 0, so every model carries an MI estimate.
+Q is trained even at lambda_mi = 0, so every model carries an MI estimate. Through train.pretrain_epochs step 2
+leaves out the MI term (and a mixture prior's means); then `start_prior` places those means (VaDE's start).
 """
 from __future__ import annotations
 
