@@ -60,8 +60,8 @@ def test_invariance_study_reruns_and_its_arms_share_their_twins(tmp_path, mnist_
 
 def test_kmeans_study_reruns_on_a_small_budget(tmp_path, mnist_root):
     """studies/kmeans_mnist.yaml on a small budget: through its pretraining the MI run is its twin (one model);
-    after the k-means start both codes line up with the digits far above the pretraining's, and the MI term
-    raises the bound over the twin's."""
+    from the k-means start the pair parts, the MI term raising the code's bound well over the twin's, and both codes
+    are far from chance (10%). How far the start lifts accuracy needs a pretrained encoder: docs/RESULTS.md, item 17."""
     source = REPO / "studies" / "kmeans_mnist.yaml"
     raw = yaml.safe_load(source.read_text())
     assert raw["train"]["pretrain_epochs"] > 0 and raw["model"]["prior"] == "mixture"
@@ -69,12 +69,14 @@ def test_kmeans_study_reruns_on_a_small_budget(tmp_path, mnist_root):
     study.write_text(source.read_text())
     code, log = run_study(study, "--set", f"search.storage={tmp_path / 'results'}", "--set", "search.replicates=1",
                           "--set", "data.subset=10000", "--set", "data.test_subset=1000", "--set", "train.epochs=3",
-                          "--set", "train.pretrain_epochs=1", "--set", "tracking.enabled=false", log=tmp_path / "run.log")
+                          "--set", "train.pretrain_epochs=1", "--set", "tracking.enabled=false",
+                          log=tmp_path / "run.log")
     assert code == 0, log[-3000:]
     runs = {r[0]["lambda_mi"]: r for r in results(tmp_path / "results" / raw["name"]).values()}
     mi, twin = runs[raw["search"]["space"]["mi.lambda_mi"]["choice"][0]], runs[0.0]
     shown = ("elbo", "accuracy_hungarian", "mi_lower_bound")
     assert {m: mi[0][m] for m in shown} == {m: twin[0][m] for m in shown}
     print({m: [(round(a[m], 3), round(b[m], 3)) for a, b in zip(mi, twin)] for m in shown})
-    assert all(r[-1]["accuracy_hungarian"] > r[0]["accuracy_hungarian"] + 0.2 for r in (mi, twin))
-    assert mi[-1]["mi_lower_bound"] > twin[-1]["mi_lower_bound"]
+    assert mi[-1]["elbo"] != twin[-1]["elbo"]
+    assert mi[-1]["mi_lower_bound"] > twin[-1]["mi_lower_bound"] + 0.3
+    assert all(r[-1]["accuracy_hungarian"] > 0.3 for r in (mi, twin))
