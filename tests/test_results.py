@@ -13,17 +13,23 @@ pytestmark = pytest.mark.ray
 BEST = REPO / "studies" / "best_mnist.yaml"
 
 
-def test_best_mnist_study_reruns_on_a_small_budget(tmp_path, mnist_root):
-    raw = yaml.safe_load(BEST.read_text())
-    assert raw["train"]["capacity"]["gaussian"]["cap"] > 0  # what made the code line up with the digits
-    study = tmp_path / "best_mnist.yaml"
-    study.write_text(BEST.read_text())
-    code, log = run_study(study, "--set", f"search.storage={tmp_path / 'results'}", "--set", "search.replicates=1",
-                          "--set", "data.subset=20000", "--set", "data.test_subset=1000", "--set", "train.epochs=3",
-                          "--set", "tracking.figures_every=0", "--set", "tracking.log_model=false",
-                          log=tmp_path / "run.log")
+def rerun(tmp_path, source, *sets: str) -> tuple[dict, dict]:
+    """A study file through the service on a small budget (one replicate, `sets` as KEY=VALUE): the file's content
+    and its trials' histories."""
+    study = tmp_path / source.name
+    study.write_text(source.read_text())
+    args = [a for s in (f"search.storage={tmp_path / 'results'}", "search.replicates=1", *sets) for a in ("--set", s)]
+    code, log = run_study(study, *args, log=tmp_path / "run.log")
     assert code == 0, log[-3000:]
-    final = {r[-1]["lambda_mi"]: r[-1] for r in results(tmp_path / "results" / raw["name"]).values()}
+    raw = yaml.safe_load(source.read_text())
+    return raw, results(tmp_path / "results" / raw["name"])
+
+
+def test_best_mnist_study_reruns_on_a_small_budget(tmp_path, mnist_root):
+    raw, trials = rerun(tmp_path, BEST, "data.subset=20000", "data.test_subset=1000", "train.epochs=3",
+                        "tracking.figures_every=0", "tracking.log_model=false")
+    assert raw["train"]["capacity"]["gaussian"]["cap"] > 0  # what made the code line up with the digits
+    final = {r[-1]["lambda_mi"]: r[-1] for r in trials.values()}
     assert sorted(final) == [0.0, raw["search"]["space"]["mi.lambda_mi"]["choice"][0]]
     assert all(r["epoch"] == 3 for r in final.values())
     with_mi, twin = final[max(final)], final[0.0]
@@ -41,16 +47,9 @@ def test_best_mnist_study_reruns_on_a_small_budget(tmp_path, mnist_root):
 def test_invariance_study_reruns_and_its_arms_share_their_twins(tmp_path, mnist_root):
     """studies/invariance_mnist.yaml on a small budget: the twins of the two arms are one run twice (a lambda_mi = 0
     twin trains as without the invariance term), and the term makes the code more invariant than its twin's."""
-    source = REPO / "studies" / "invariance_mnist.yaml"
-    raw = yaml.safe_load(source.read_text())
-    study = tmp_path / "invariance_mnist.yaml"
-    study.write_text(source.read_text())
-    code, log = run_study(study, "--set", f"search.storage={tmp_path / 'results'}", "--set", "search.replicates=1",
-                          "--set", "data.subset=20000", "--set", "data.test_subset=1000", "--set", "train.epochs=2",
-                          "--set", "tracking.enabled=false", log=tmp_path / "run.log")
-    assert code == 0, log[-3000:]
-    final = {(r[-1]["lambda_mi"], r[-1]["config"]["mi.invariance.weight"]): r[-1]
-             for r in results(tmp_path / "results" / raw["name"]).values()}
+    _, trials = rerun(tmp_path, REPO / "studies" / "invariance_mnist.yaml", "data.subset=20000",
+                      "data.test_subset=1000", "train.epochs=2", "tracking.enabled=false")
+    final = {(r[-1]["lambda_mi"], r[-1]["config"]["mi.invariance.weight"]): r[-1] for r in trials.values()}
     assert sorted(final) == [(0.0, 0.0), (0.0, 1.0), (5.0, 0.0), (5.0, 1.0)]
     shown = ("elbo", "accuracy_hungarian", "mi_lower_bound", "invariance_mi")
     assert {m: final[0.0, 0.0][m] for m in shown} == {m: final[0.0, 1.0][m] for m in shown}
@@ -62,17 +61,10 @@ def test_kmeans_study_reruns_on_a_small_budget(tmp_path, mnist_root):
     """studies/kmeans_mnist.yaml on a small budget: through its pretraining the MI run is its twin (one model);
     from the k-means start the pair parts, the MI term raising the code's bound well over the twin's, and both codes
     are far from chance (10%). How far the start lifts accuracy needs a pretrained encoder: docs/RESULTS.md, item 17."""
-    source = REPO / "studies" / "kmeans_mnist.yaml"
-    raw = yaml.safe_load(source.read_text())
+    raw, trials = rerun(tmp_path, REPO / "studies" / "kmeans_mnist.yaml", "data.subset=10000", "data.test_subset=1000",
+                        "train.epochs=3", "train.pretrain_epochs=1", "tracking.enabled=false")
     assert raw["train"]["pretrain_epochs"] > 0 and raw["model"]["prior"] == "mixture"
-    study = tmp_path / "kmeans_mnist.yaml"
-    study.write_text(source.read_text())
-    code, log = run_study(study, "--set", f"search.storage={tmp_path / 'results'}", "--set", "search.replicates=1",
-                          "--set", "data.subset=10000", "--set", "data.test_subset=1000", "--set", "train.epochs=3",
-                          "--set", "train.pretrain_epochs=1", "--set", "tracking.enabled=false",
-                          log=tmp_path / "run.log")
-    assert code == 0, log[-3000:]
-    runs = {r[0]["lambda_mi"]: r for r in results(tmp_path / "results" / raw["name"]).values()}
+    runs = {r[0]["lambda_mi"]: r for r in trials.values()}
     mi, twin = runs[raw["search"]["space"]["mi.lambda_mi"]["choice"][0]], runs[0.0]
     shown = ("elbo", "accuracy_hungarian", "mi_lower_bound")
     assert {m: mi[0][m] for m in shown} == {m: twin[0][m] for m in shown}
