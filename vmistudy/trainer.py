@@ -21,7 +21,7 @@ import torch
 
 from . import data as datasets
 from .config import Recipe
-from .metrics import accuracy_majority, cluster_scores, frozen_mi, kmeans
+from .metrics import accuracy_majority, cluster_scores, frozen_mi, kmeans, split_posterior
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
 from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, mi_warmup, target_entropy,
                         temperature, virtual_adversarial)
@@ -206,15 +206,16 @@ class Trainer:
         return self.epoch < self.recipe.train.pretrain_epochs
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        held = self.vae.prior_means if self.pretraining else None
-        return [p for p in self.vae_parameters if p is not held]
+        """Step 2's parameters: all of the VAE's, but for a mixture prior's means while pretraining holds them."""
+        if self.vae.prior_means is None or not self.pretraining:
+            return self.vae_parameters
+        return [p for p in self.vae_parameters if p is not self.vae.prior_means]
 
     def start_prior(self) -> None:
         """VaDE's start from a pretrained model: mu_c := the k-means centres of the training split's z means,
         drawn from the trial's seed, so that a twin (the same pretraining) starts from the same centres."""
         with inference(self.vae):
-            means = torch.cat([self.vae.encode(self.images(batch)).gaussian.mean
-                               for batch in self.data.train_images.split(EVAL_BATCH)])
+            means = split_posterior(lambda x: self.vae.encode(self.images(x)), self.data.train_images).gaussian.mean
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
         with torch.no_grad():
             self.vae.prior_means.copy_(kmeans(means.float().cpu(), self.vae.k, generator))
