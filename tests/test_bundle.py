@@ -111,6 +111,8 @@ def test_an_epoch_gives_each_member_its_solo_metrics(mnist, float64):
     ({"mi": {"warmup_steps": 5}}, [(0, 2.0), (0, 0.0), (7, 2.0)]),  # lambda_mi ramped over the epoch's first steps
     ({"train": {"capacity": {"gaussian": {"cap": 2.0, "steps": 5}, "categorical": {"cap": 1.0, "steps": 5}}}},
      [(0, 2.0), (0, 0.0), (7, 2.0)]),  # both capacity schedules: best_mnist's loss
+    ({"model": {"prior": "mixture", "prior_variance": "learned"}, "mi": {"gaussian": []}},
+     [(0, 2.0), (0, 0.0), (7, 2.0)]),  # the mixture prior, its means and variances learned per member
 ])
 def test_other_codes_and_groups_match_too(float64, sections, members):
     group = [make_spec(SYNTHETIC, **raw_study({"train": {"seed": s}, "mi": {"lambda_mi": lam}}, **sections)).recipe

@@ -1,11 +1,15 @@
 """Cluster scores of a categorical code against labels."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_scores, consensus, contingency, kmeans,
+from vmistudy.latents import DiagonalGaussian
+from vmistudy.metrics import (accuracy_hungarian, accuracy_majority, cluster_log_var, cluster_scores, consensus,
+                              contingency, kmeans,
                               matched, mutual_information, nmi, one_hot_sample, seed_agreement)
 
 
@@ -189,3 +193,16 @@ def test_kmeans_finds_the_centres_of_separate_blobs_and_repeats_itself_from_the_
     blob_means = torch.stack([p.mean(0) for p in points.split(sizes.tolist())])
     assert torch.allclose(centres, blob_means[nearest], atol=1e-4)
     assert torch.equal(kmeans(points, 10, torch.Generator().manual_seed(0)), centres)
+
+
+def test_cluster_log_var_is_the_moment_matched_variance_of_each_clusters_gaussians():
+    """Cluster 0: means with sd 2 in dim 0 and 0 in dim 1, posterior variance 0.25: 4.25 and 0.25. Cluster 1: one
+    member (kept at unit variance). Cluster 2: empty (unit)."""
+    rng = torch.Generator().manual_seed(0)
+    spread = torch.randn(20000, generator=rng)
+    spread = 2 * (spread - spread.mean()) / spread.std(correction=0)
+    means = torch.cat([torch.stack([spread, torch.full_like(spread, 3)], 1), torch.tensor([[5.0, 5.0]])])
+    z = DiagonalGaussian(means, torch.full_like(means, math.log(0.25)))
+    clusters = torch.cat([torch.zeros(20000, dtype=torch.long), torch.ones(1, dtype=torch.long)])
+    log_var = cluster_log_var(z, clusters, 3)
+    assert torch.allclose(log_var.exp(), torch.tensor([[4.25, 0.25], [1.0, 1.0], [1.0, 1.0]]), atol=1e-4)

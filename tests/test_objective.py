@@ -147,26 +147,45 @@ def test_capacity_steers_the_kl_of_its_part_to_the_cap():
     assert kls[None] > 3 * kls[1.0]
 
 
-def test_mixture_prior_kl_is_the_posterior_weighted_kl_to_each_component():
-    spec = make_spec(model={"prior": "mixture"}, mi={"gaussian": []})
+@pytest.mark.parametrize("variance", ["unit", "learned"])
+def test_mixture_prior_kl_is_the_posterior_weighted_kl_to_each_component(variance):
+    spec = make_spec(model={"prior": "mixture", "prior_variance": variance}, mi={"gaussian": []})
     vae = build_vae(spec, (1, 28, 28))
+    std = torch.ones(vae.k, vae.d)
+    if variance == "learned":
+        with torch.no_grad():
+            vae.prior_log_var.uniform_(-2, 1, generator=torch.Generator().manual_seed(2))
+        std = (0.5 * vae.prior_log_var.detach()).exp()
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     out = vae(x, 1.0, torch.Generator().manual_seed(1))
     terms = elbo_terms(out, x, spec.model)
     g, probs = out.posterior.gaussian, out.posterior.categorical.probs
     q = Normal(g.mean.unsqueeze(1), (0.5 * g.log_var).exp().unsqueeze(1))
-    per_component = torch.distributions.kl_divergence(q, Normal(vae.prior_means, 1.0))  # [B, K, d]
+    per_component = torch.distributions.kl_divergence(q, Normal(vae.prior_means, std))  # [B, K, d]
     assert torch.allclose(terms.kl_per_dim, (probs.unsqueeze(-1) * per_component).sum(1), atol=1e-5)
     terms.elbo.mean().backward()
-    assert vae.prior_means.grad is not None and vae.prior_means.grad.abs().sum() > 0
+    learned = [vae.prior_means] + ([vae.prior_log_var] if variance == "learned" else [])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learned)
 
 
-def test_mixture_prior_keeps_the_networks_initial_weights():
-    standard, mixture = (build_vae(make_spec(model={"prior": p}, mi={"gaussian": []}), (1, 28, 28))
-                         for p in ("standard", "mixture"))
+@pytest.mark.parametrize("variance, added", [("unit", {"prior_means"}), ("learned", {"prior_means", "prior_log_var"})])
+def test_mixture_prior_keeps_the_networks_initial_weights(variance, added):
+    standard, mixture = (build_vae(make_spec(model={"prior": p, "prior_variance": v}, mi={"gaussian": []}), (1, 28, 28))
+                         for p, v in (("standard", "unit"), ("mixture", variance)))
     mixed = mixture.state_dict()
-    assert set(mixed) - set(standard.state_dict()) == {"prior_means"}
+    assert set(mixed) - set(standard.state_dict()) == added
     assert all(torch.equal(v, mixed[k]) for k, v in standard.state_dict().items())
+
+
+def test_mixture_prior_samples_each_component_at_its_mean_and_spread():
+    vae = build_vae(make_spec(model={"prior": "mixture", "prior_variance": "learned"}, mi={"gaussian": []}),
+                    (1, 28, 28))
+    with torch.no_grad():
+        vae.prior_log_var.uniform_(-3, 1, generator=torch.Generator().manual_seed(2))
+    c = F.one_hot(torch.full((20000,), 3), vae.k).float()
+    z = vae.sample_prior_z(c, 20000, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.mean(0), vae.prior_means[3], atol=0.05)
+    assert torch.allclose(z.std(0), (0.5 * vae.prior_log_var[3]).exp(), rtol=0.03)
 
 
 def test_mixture_prior_spread_scales_the_means_and_zero_starts_as_the_standard_prior():

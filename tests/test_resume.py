@@ -56,9 +56,10 @@ def test_resume_in_process_with_the_invariance_term(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_in_process_across_the_end_of_pretraining(tmp_path):
-    """Resumed from the last pretraining epoch's checkpoint, the mixture's means start where they would have."""
-    _resume_matches_straight_run(make_spec(model={"prior": "mixture", "prior_spread": 0.0},
+@pytest.mark.parametrize("variance", ["unit", "learned"])
+def test_resume_in_process_across_the_end_of_pretraining(tmp_path, variance):
+    """Resumed from the last pretraining epoch's checkpoint, the mixture's components start where they would have."""
+    _resume_matches_straight_run(make_spec(model={"prior": "mixture", "prior_spread": 0.0, "prior_variance": variance},
                                            train={"pretrain_epochs": 1}, mi={"lambda_mi": 3.0, "gaussian": []}),
                                  tmp_path)
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_spec, state_equal, strip_timing
 from vmistudy import data as datasets
-from vmistudy.metrics import kmeans
+from vmistudy.metrics import cluster_log_var, kmeans
 from vmistudy.networks import inference
 from vmistudy.trainer import Trainer, build_q, build_vae, seeds
 
@@ -97,13 +97,15 @@ def test_data_order_and_sampling_follow_the_seed():
     assert not torch.equal(a.sample_rng.get_state(), c.sample_rng.get_state())
 
 
-def test_pretraining_is_the_elbo_alone_then_the_mixture_means_start_at_k_means_centres_of_z():
+@pytest.mark.parametrize("variance", ["unit", "learned"])
+def test_pretraining_is_the_elbo_alone_then_the_mixture_starts_at_k_means_clusters_of_z(variance):
     """train.pretrain_epochs: a lambda_mi > 0 trainer equals its lambda_mi = 0 twin through the pretraining (no MI
-    term; the mixture's means held at the origin: the standard prior); the first epoch after it starts both from
-    the same k-means centres of the training split's z means, and only then do they part."""
+    term; the mixture held at N(0, I): the standard prior); the first epoch after it starts both from the same
+    k-means centres of the training split's z means (and learned variances from those clusters' spreads), and only
+    then do they part."""
     def trainer(lambda_mi):
-        spec = make_spec(model={"prior": "mixture", "prior_spread": 0.0}, train={"epochs": 3, "pretrain_epochs": 1},
-                         mi={"lambda_mi": lambda_mi, "gaussian": []})
+        spec = make_spec(model={"prior": "mixture", "prior_spread": 0.0, "prior_variance": variance},
+                         train={"epochs": 3, "pretrain_epochs": 1}, mi={"lambda_mi": lambda_mi, "gaussian": []})
         return Trainer(spec.recipe, datasets.load(spec.data))
 
     mi, twin = trainer(3.0), trainer(0.0)
@@ -111,12 +113,16 @@ def test_pretraining_is_the_elbo_alone_then_the_mixture_means_start_at_k_means_c
     for t in (mi, twin):
         t.train_epoch()
     assert not mi.pretraining and state_equal(mi.vae.state_dict(), twin.vae.state_dict()) == []
-    assert not mi.vae.prior_means.any()
+    assert not mi.vae.prior_components().mean.any() and not mi.vae.prior_components().log_var.any()
     with inference(mi.vae):
-        means = mi.vae.encode(mi.images(mi.data.train_images)).gaussian.mean
-    expected = kmeans(means, mi.vae.k, torch.Generator().manual_seed(mi.recipe.train.seed))
+        z = mi.vae.encode(mi.images(mi.data.train_images)).gaussian
+    expected = kmeans(z.mean, mi.vae.k, torch.Generator().manual_seed(mi.recipe.train.seed))
+    spread = (cluster_log_var(z, torch.cdist(z.mean, expected).argmin(1), mi.vae.k) if variance == "learned"
+              else torch.zeros_like(expected))
     mi.start_prior()
     assert torch.equal(mi.vae.prior_means.detach(), expected) and expected.abs().sum(1).min() > 0
+    assert torch.equal(mi.vae.prior_components().log_var.detach(), spread)
+    assert (variance == "unit") == (not spread.any())
     for t in (mi, twin):
         t.train_epoch()
     assert state_equal(mi.vae.state_dict(), twin.vae.state_dict()) != []

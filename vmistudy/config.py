@@ -103,6 +103,10 @@ class ModelSpec(Section):
                                 "means mu_c, one per category (GMVAE-style; needs both latent parts)")
     prior_spread: float = Field(1.0, ge=0, description="mixture: the means' initial draw is N(0, spread^2 I); "
                                                       "0 starts every mu_c at the origin, as the standard prior")
+    prior_variance: Literal["unit", "learned"] = Field(
+        "unit", description="mixture: p(z|c) = N(mu_c, I), or learned: N(mu_c, diag sigma_c^2) with sigma_c learned "
+                            "too (VaDE's Gaussian mixture), starting at 1 or, after pretraining, at each k-means "
+                            "cluster's spread")
 
     @model_validator(mode="after")
     def _some_latent(self) -> ModelSpec:
@@ -361,6 +365,9 @@ class StudySpec(Section):
             if self.mi.gaussian:
                 raise ValueError("mi.gaussian: under model.prior mixture the entropy of z has no closed form; "
                                  "use the categorical target only")
+        elif self.model.prior_variance == "learned":
+            raise ValueError("model.prior_variance: learned variances are the mixture prior's; set model.prior: "
+                             "mixture, or unit")
         _check_pretraining(self)
         capacity = self.train.capacity
         if capacity.gaussian.cap is not None and d == 0:

@@ -2,7 +2,7 @@
 
 Small distribution objects in the manner of `torch.distributions`, but with explicit
 generators (so every random draw is reproducible) and KLs to the priors: those of the thesis,
-p(z) = N(0, I) and p(c) = uniform over K classes, and the mixture p(z|c) = N(mu_c, I).
+p(z) = N(0, I) and p(c) = uniform over K classes, and the mixture p(z|c) = N(mu_c, diag sigma_c^2).
 """
 from __future__ import annotations
 
@@ -65,10 +65,12 @@ class DiagonalGaussian:
         """KL(q || N(0, 1)) per dimension, nats."""
         return 0.5 * (self.mean ** 2 + self.log_var.exp() - 1 - self.log_var)
 
-    def kl_normal_mixture(self, means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """E_{c ~ weights} KL(q || N(means[c], 1)) per dimension, nats; means [K, d], weights [B, K]."""
-        spread = torch.einsum("bk,bkd->bd", weights, (self.mean.unsqueeze(1) - means) ** 2)
-        return 0.5 * (spread + self.log_var.exp() - 1 - self.log_var)
+    def kl_normal_mixture(self, components: DiagonalGaussian, weights: torch.Tensor) -> torch.Tensor:
+        """E_{c ~ weights} KL(q || components[c]) per dimension, nats; components [K, d], weights [B, K]."""
+        mean, log_var = self.mean.unsqueeze(1), self.log_var.unsqueeze(1)
+        kl = 0.5 * (components.log_var - log_var - 1
+                    + (log_var.exp() + (mean - components.mean) ** 2) * (-components.log_var).exp())
+        return torch.einsum("bk,bkd->bd", weights, kl)
 
 
 def standard_normal_entropy(dims: int) -> float:

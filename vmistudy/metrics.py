@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .config import MISpec
 from .data import ImageData, as_float
+from .latents import DiagonalGaussian
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
 from .objective import target_entropy
 
@@ -116,6 +117,17 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, restarts: i
         if inertia < least:
             best, least = centres, inertia
     return best
+
+
+def cluster_log_var(z: DiagonalGaussian, clusters: torch.Tensor, k: int) -> torch.Tensor:
+    """Log-variance per dim [k, d] of each cluster's Gaussians taken as one (the variance of their means plus
+    their mean variance: a Gaussian mixture's M-step under hard assignments); 0 for a cluster of under two."""
+    log_var = torch.zeros(k, z.mean.shape[-1])
+    for c in range(k):
+        members = clusters == c
+        if members.sum() > 1:
+            log_var[c] = 2 * DiagonalGaussian(z.mean[members], z.log_var[members]).mixture_moments()[1].log()
+    return log_var
 
 
 def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:

@@ -75,7 +75,7 @@ class Forward:
     z: torch.Tensor | None
     c: torch.Tensor | None
     logits: torch.Tensor
-    prior_means: torch.Tensor | None = None  # mu_c of the mixture prior p(z|c) = N(mu_c, I); None: N(0, I)
+    prior: DiagonalGaussian | None = None  # p(z|c) of the mixture prior, one component per c; None: N(0, I)
 
 
 class VAE(nn.Module):
@@ -88,6 +88,16 @@ class VAE(nn.Module):
         # created last, so that the layers above get the same initial weights under either prior
         self.prior_means = (nn.Parameter(spec.prior_spread * torch.randn(self.k, self.d)) if spec.prior == "mixture"
                             else None)
+        self.prior_log_var = (nn.Parameter(torch.zeros(self.k, self.d)) if spec.prior_variance == "learned"
+                              else None)
+
+    def prior_components(self) -> DiagonalGaussian | None:
+        """p(z|c) for each c [K, d]: N(mu_c, I), or N(mu_c, diag sigma_c^2) with model.prior_variance learned;
+        None under the standard prior."""
+        if self.prior_means is None:
+            return None
+        log_var = torch.zeros_like(self.prior_means) if self.prior_log_var is None else self.prior_log_var
+        return DiagonalGaussian(self.prior_means, log_var)
 
     def encode(self, x: torch.Tensor) -> Posterior:
         params = self.head(self.body(x))
@@ -105,7 +115,7 @@ class VAE(nn.Module):
         eps, gumbel = noise if noise is not None else (None, None)
         z = posterior.gaussian.rsample(generator, eps) if posterior.gaussian else None
         c = posterior.categorical.rsample(temperature, generator, gumbel) if posterior.categorical else None
-        return Forward(posterior, z, c, self.decode(z, c), self.prior_means)
+        return Forward(posterior, z, c, self.decode(z, c), self.prior_components())
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Noise:
         """The draws `forward` makes on n images, in its order and shapes: what a vectorized caller, which
@@ -116,10 +126,11 @@ class VAE(nn.Module):
 
     def sample_prior_z(self, c: torch.Tensor | None, n: int, generator: torch.Generator | None = None
                        ) -> torch.Tensor:
-        """z ~ p(z|c): N(0, I), or N(mu_c, I) under the mixture prior (c one-hot [n, K]), on `generator`'s device."""
+        """z ~ p(z|c): N(0, I), or the mixture prior's component c (c one-hot [n, K]), on `generator`'s device."""
         where = generator.device if generator is not None else torch.device("cpu")
         z = torch.randn(n, self.d, generator=generator, device=where).to(self.head.weight.device)
-        return z if self.prior_means is None else z + c @ self.prior_means
+        prior = self.prior_components()
+        return z if prior is None else c @ prior.mean + z * (c @ (0.5 * prior.log_var).exp())
 
 
 @contextlib.contextmanager

@@ -83,10 +83,10 @@ def elbo_terms(out: Forward, x: torch.Tensor, spec: ModelSpec) -> ELBOTerms:
     recon = reconstruction_nll(out.logits, x, spec)
     if gaussian is None:
         kl_per_dim = None
-    elif out.prior_means is None:
+    elif out.prior is None:
         kl_per_dim = gaussian.kl_standard_normal()
     else:  # KL(q(z,c|x) || p(z|c) p(c)) = E_q(c|x) KL(q(z|x) || p(z|c)) + KL(q(c|x) || p(c))
-        kl_per_dim = gaussian.kl_normal_mixture(out.prior_means, categorical.probs)
+        kl_per_dim = gaussian.kl_normal_mixture(out.prior, categorical.probs)
     return ELBOTerms(recon, kl_per_dim, categorical.kl_uniform() if categorical else torch.zeros_like(recon))
 
 

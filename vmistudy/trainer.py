@@ -21,7 +21,8 @@ import torch
 
 from . import data as datasets
 from .config import Recipe
-from .metrics import accuracy_majority, cluster_scores, frozen_mi, kmeans, split_posterior
+from .latents import DiagonalGaussian
+from .metrics import accuracy_majority, cluster_log_var, cluster_scores, frozen_mi, kmeans, split_posterior
 from .networks import VAE, Posterior, QNetwork, inference, mean_image
 from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, mi_warmup, target_entropy,
                         temperature, virtual_adversarial)
@@ -206,19 +207,26 @@ class Trainer:
         return self.epoch < self.recipe.train.pretrain_epochs
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        """Step 2's parameters: all of the VAE's, but for a mixture prior's means while pretraining holds them."""
+        """Step 2's parameters: all of the VAE's, but for a mixture prior's components while pretraining holds them
+        at N(0, I)."""
         if self.vae.prior_means is None or not self.pretraining:
             return self.vae_parameters
-        return [p for p in self.vae_parameters if p is not self.vae.prior_means]
+        held = (self.vae.prior_means, self.vae.prior_log_var)
+        return [p for p in self.vae_parameters if all(p is not h for h in held)]
 
     def start_prior(self) -> None:
         """VaDE's start from a pretrained model: mu_c := the k-means centres of the training split's z means,
-        drawn from the trial's seed, so that a twin (the same pretraining) starts from the same centres."""
+        drawn from the trial's seed, so that a twin (the same pretraining) starts from the same centres; learned
+        variances start at each cluster's spread (its posteriors' moment-matched variance)."""
         with inference(self.vae):
-            means = split_posterior(lambda x: self.vae.encode(self.images(x)), self.data.train_images).gaussian.mean
+            z = split_posterior(lambda x: self.vae.encode(self.images(x)), self.data.train_images).gaussian
+        z = DiagonalGaussian(z.mean.float().cpu(), z.log_var.float().cpu())
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
+        centres = kmeans(z.mean, self.vae.k, generator)
         with torch.no_grad():
-            self.vae.prior_means.copy_(kmeans(means.float().cpu(), self.vae.k, generator))
+            self.vae.prior_means.copy_(centres)
+            if self.vae.prior_log_var is not None:
+                self.vae.prior_log_var.copy_(cluster_log_var(z, torch.cdist(z.mean, centres).argmin(1), self.vae.k))
 
     def train_epoch(self, progress: Progress | None = None) -> dict[str, float]:
         """One pass over the training set, then the test-split metrics; returns and records them."""
