@@ -113,15 +113,20 @@ def test_an_epoch_gives_each_member_its_solo_metrics(mnist, float64):
      [(0, 2.0), (0, 0.0), (7, 2.0)]),  # both capacity schedules: best_mnist's loss
     ({"model": {"prior": "mixture", "prior_variance": "learned"}, "mi": {"gaussian": []}},
      [(0, 2.0), (0, 0.0), (7, 2.0)]),  # the mixture prior, its means and variances learned per member
+    ({"model": {"prior": "mixture", "prior_spread": 0.0, "prior_variance": "learned"}, "mi": {"gaussian": []},
+      "train": {"epochs": 3, "pretrain_epochs": 1}},
+     [(0, 2.0), (0, 0.0), (7, 2.0)]),  # VaDE's start: an epoch of the ELBO, then each member's own k-means centres
 ])
 def test_other_codes_and_groups_match_too(float64, sections, members):
     group = [make_spec(SYNTHETIC, **raw_study({"train": {"seed": s}, "mi": {"lambda_mi": lam}}, **sections)).recipe
              for s, lam in members]
     data = datasets.load(make_spec(SYNTHETIC).data)
     bundle, solos = Bundle.fresh(group, data), [Trainer(r, data) for r in group]
-    bundle.train_epoch()
+    for _ in range(1 + group[0].train.pretrain_epochs):  # one epoch of the method, after any pretraining
+        bundle.train_epoch()
+        for solo in solos:
+            solo.train_epoch()
     for m, solo in enumerate(solos):
-        solo.train_epoch()
         assert_same_model(bundle.member(m), solo)
         assert_same_history(bundle.member(m), solo)
 

@@ -206,8 +206,6 @@ def test_defaults_and_flatten():
      "train.pretrain_epochs: must be below train.epochs (3): the epochs after it train the method, got 3"),
     ({**SYN, "model": {"prior": "mixture"}, "train": {"epochs": 3, "pretrain_epochs": 1}},
      "model.prior_spread: with train.pretrain_epochs the means are held at the origin"),
-    ({**SYN, "train": {"epochs": 3, "pretrain_epochs": 1}, "search": {"bundle": True}},
-     "search.bundle: bundles do not pretrain (train.pretrain_epochs)"),
     ({**SYN, "train": {"capacity": {"gaussian": {"cap": 5.0, "gamma": 0}}}},
      "train.capacity.gaussian.gamma: Input should be greater than 0"),
     ({**SYN, "search": {"space": {"mi.lambda_mi": {"loguniform": [1.0, 2.0], "lo": 1}}}},

@@ -16,7 +16,8 @@ what is per member and not vectorized (generators, step and epoch, history, the 
 checkpoint format). `member(m)` writes the stacked weights and Adam state back into member m first, so a
 member can be evaluated, checkpointed, or trained on alone; a bundle of resumed Trainers resumes the bundle.
 Only the mlp backbone, and without the invariance term (mi.invariance): the conv backbone's BatchNorm keeps
-running statistics that vmap would have to update per member in place.
+running statistics that vmap would have to update per member in place. Pretraining (train.pretrain_epochs) is
+each member's as alone: the MI term off and a mixture prior held, then each member's own k-means start.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from .errors import InputError
 from .metrics import seed_agreement
 from .networks import mean_image
 from .objective import elbo_terms, mi_lower_bound, mi_targets, mi_warmup, target_entropy, temperature
-from .trainer import DivergenceError, Epoch, Progress, Trainer, autocast, pick_device
+from .trainer import PRIOR_PARAMETERS, DivergenceError, Epoch, Progress, Trainer, autocast, pick_device
 
 Tensors = dict[str, torch.Tensor]  # a pytree vmap maps over: absent latent parts are absent keys, never None
 SHARED_EXCEPT = {"train": {"seed"}, "mi": {"lambda_mi"}}  # what may differ between members
@@ -216,7 +217,7 @@ class Bundle:
 
         # the VAE step, Q (after its step) held fixed; the MI term for the members with lambda_mi > 0 only, as
         # their solo runs add it: a twin's solo run skips it
-        if len(self.with_mi):
+        if len(self.with_mi) and not self.members[0].pretraining:
             with autocast(recipe, self.device):
                 mi = vmap(lambda q, targets, h: mi_lower_bound(self._log_q(q, targets), h))(
                     *(self._with_mi(tree) for tree in (as_parameters(self.q_leaves), targets, entropies)))
@@ -224,7 +225,8 @@ class Bundle:
             weight = self.lambda_mi[self.with_mi] * mi_warmup(step, recipe.mi)
             loss = loss.index_add(0, self.with_mi, -weight * mi)
         self.vae_opt.zero_grad(set_to_none=True)
-        loss.sum().backward(inputs=list(self.vae_leaves.values()))
+        held = self.members[0].held_parameters()
+        loss.sum().backward(inputs=[leaf for name, leaf in self.vae_leaves.items() if name not in held])
         self.vae_opt.step()
         for member in self.members:
             member.step += 1
@@ -257,6 +259,8 @@ class Bundle:
     def train_epoch(self, progress: Progress | None = None) -> list[dict[str, float]]:
         """One pass over the training set per member, each in its own order, then each member's test-split
         metrics through its solo Trainer; returns and records them, one dict per member."""
+        if self.members[0].prior_starts():
+            self.start_prior()
         images = self.members[0].data.train_images
         orders = [list(datasets.batch_indices(len(images), self.recipe.train.batch_size, t.data_rng))
                   for t in self.members]
@@ -271,6 +275,15 @@ class Bundle:
         # a member's images_per_second counts its own images; its epoch_seconds, the pass and its own evaluation
         return [self.member(m).end_epoch(totals[m], seconds, time.perf_counter() - seconds)
                 for m in range(len(self.members))]
+
+    def start_prior(self) -> None:
+        """`Trainer.start_prior` for each member, on its own pretrained weights and seed; then the bundle's
+        stacked prior takes the members' new components."""
+        for m in range(len(self.members)):
+            self.member(m).start_prior()
+        with torch.no_grad():
+            for name in PRIOR_PARAMETERS & self.vae_leaves.keys():
+                self.vae_leaves[name].copy_(stack([getattr(t.vae, name).detach() for t in self.members]))
 
     def member(self, m: int) -> Trainer:
         """Member m as a solo Trainer, its weights and Adam state written back from the bundle: to evaluate,

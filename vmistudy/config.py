@@ -422,8 +422,7 @@ def _check_pretraining(spec: StudySpec) -> None:
 
 
 def _check_bundle(spec: StudySpec) -> None:
-    """What search.bundle cannot do: the conv backbone, the invariance term, pretraining (bundle.py), or a replayed
-    study."""
+    """What search.bundle cannot do: the conv backbone, the invariance term (bundle.py), or a replayed study."""
     searched = spec.search.space.get("model.backbone")
     backbones = {spec.model.backbone, *((searched.choice or []) if searched else [])}
     if "conv" in backbones:
@@ -431,9 +430,6 @@ def _check_bundle(spec: StudySpec) -> None:
                          "statistics are not vectorized); set model.backbone: mlp or search.bundle: false")
     if spec.mi.invariance.weight or "mi.invariance.weight" in spec.search.space:
         raise ValueError("search.bundle: bundles do not train the invariance term (mi.invariance.weight); "
-                         "set it to 0 or search.bundle: false")
-    if spec.train.pretrain_epochs or "train.pretrain_epochs" in spec.search.space:
-        raise ValueError("search.bundle: bundles do not pretrain (train.pretrain_epochs); "
                          "set it to 0 or search.bundle: false")
     if spec.replay.table:
         raise ValueError("search.bundle: a replayed study (replay.table) trains no models to bundle; "

@@ -29,6 +29,7 @@ from .objective import (elbo_terms, invariance_mi, mi_lower_bound, mi_targets, m
 
 EVAL_BATCH = 1000
 EVAL_SEED = 2024  # evaluation draws are the same at every epoch: a metric is a function of the weights
+PRIOR_PARAMETERS = frozenset({"prior_means", "prior_log_var"})  # a mixture prior's components (networks.VAE)
 
 Progress = Callable[[int, int], None]  # called with (batches done, batches in the epoch)
 
@@ -206,13 +207,22 @@ class Trainer:
         """In train.pretrain_epochs: the ELBO alone, a mixture prior's means held at the origin."""
         return self.epoch < self.recipe.train.pretrain_epochs
 
-    def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        """Step 2's parameters: all of the VAE's, but for a mixture prior's components while pretraining holds them
-        at N(0, I)."""
+    def held_parameters(self) -> set[str]:
+        """Names of the VAE's parameters step 2 leaves alone now: a mixture prior's components while pretraining
+        holds them at N(0, I) (they get no gradient, so Adam leaves them too)."""
         if self.vae.prior_means is None or not self.pretraining:
-            return self.vae_parameters
-        held = (self.vae.prior_means, self.vae.prior_log_var)
-        return [p for p in self.vae_parameters if all(p is not h for h in held)]
+            return set()
+        return set(PRIOR_PARAMETERS)
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """Step 2's parameters: all of the VAE's but the held ones."""
+        held = self.held_parameters()
+        return [p for name, p in self.vae.named_parameters() if name not in held] if held else self.vae_parameters
+
+    def prior_starts(self) -> bool:
+        """Whether this epoch is the first after pretraining, which starts a mixture prior (`start_prior`)."""
+        pretrain = self.recipe.train.pretrain_epochs
+        return bool(pretrain) and self.epoch == pretrain and self.vae.prior_means is not None
 
     def start_prior(self) -> None:
         """VaDE's start from a pretrained model: mu_c := the k-means centres of the training split's z means,
@@ -230,8 +240,7 @@ class Trainer:
 
     def train_epoch(self, progress: Progress | None = None) -> dict[str, float]:
         """One pass over the training set, then the test-split metrics; returns and records them."""
-        pretrained = self.recipe.train.pretrain_epochs and self.epoch == self.recipe.train.pretrain_epochs
-        if pretrained and self.vae.prior_means is not None:
+        if self.prior_starts():
             self.start_prior()
         self.vae.train()
         self.q.train()
