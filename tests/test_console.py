@@ -1,10 +1,14 @@
 """The study's console (console.py): each configuration beside its lambda_mi = 0 twins, as the run command ends."""
 from __future__ import annotations
 
+import argparse
+import shlex
+
 from conftest import make_spec
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from vmistudy import console
+from vmistudy.launch import command_line
 
 SPACE = {"mi.lambda_mi": {"choice": [2.0, 8.0]}}
 
@@ -41,3 +45,11 @@ def test_without_twins_a_configuration_shows_its_mean_alone():
     assert lines[0] == "lambda_mi=2  (2 seeds)"
     assert lines[1].split()[:4] == ["mi_lower_bound", "2", "+-", "13"] and "twin" not in lines[1]
     assert lines[2].split()[1] == "-"  # no accuracy reported
+
+
+def test_the_next_commands_paste_into_a_shell():
+    space = '{"mi.lambda_mi": {"choice": [5.0]}, "train.capacity.gaussian.cap": {"choice": [null, 5.0]}}'
+    args = argparse.Namespace(study="studies/my study.yaml", set=[f"search.space={space}", "name=it's"])
+    line = command_line("vmistudy.run", args, "--resume")
+    assert shlex.split(line) == ["python", "-m", "vmistudy.run", "studies/my study.yaml", "--set",
+                                 f"search.space={space}", "--set", "name=it's", "--resume"]

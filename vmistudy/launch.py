@@ -5,6 +5,7 @@ Apart from run.py because of what it imports (torch, Ray, MLflow: seconds), so t
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,11 +35,16 @@ def run(spec: config.StudySpec, args: argparse.Namespace) -> None:
     results = tuner.fit()
     status = _summarize(results, spec)
     tracker.finish(_summary_metrics(results, spec), status)
-    invocation = " ".join([args.study, *(f"--set {item}" for item in args.set)])
-    print(f"\nnext:\n  report:  python -m vmistudy.report {invocation}  (pairs, curves, figures)\n"
+    print(f"\nnext:\n  report:  {command_line('vmistudy.report', args)}  (pairs, curves, figures)\n"
           f"  {tracker.describe(spec)}\n{_optuna_line(spec)}  results: {layout.experiment_path(spec)}\n"
-          f"  resume:  python -m vmistudy.run {invocation} --resume  (after a crash or Ctrl-C)")
+          f"  resume:  {command_line('vmistudy.run', args, '--resume')}  (after a crash or Ctrl-C)")
     sys.exit(EXIT_STATUS[status])
+
+
+def command_line(module: str, args: argparse.Namespace, *extra: str) -> str:
+    """The command that runs `module` on this study, its --set overrides and `extra`, quoted for a POSIX shell:
+    an override such as search.space={...} holds spaces and braces, and the line is meant to be pasted."""
+    return shlex.join(["python", "-m", module, args.study, *(w for item in args.set for w in ("--set", item)), *extra])
 
 
 def _start(spec: config.StudySpec, study_file: Path,
