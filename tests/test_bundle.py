@@ -30,8 +30,8 @@ MNIST_TINY = raw_study(MNIST_SMALL, data={"subset": 300, "test_subset": 100}, mo
 MEMBERS = [(seed, lambda_mi) for seed in (0, 1, 2) for lambda_mi in (5.0, 0.0)]  # 3 replicates, each with its twin
 
 
-def recipes(members=MEMBERS, device: str = "cpu"):
-    return [make_spec(MNIST_TINY, train={"seed": seed, "device": device}, mi={"lambda_mi": lam}).recipe
+def recipes(members=MEMBERS, device: str = "cpu", base: dict = MNIST_TINY):
+    return [make_spec(base, train={"seed": seed, "device": device}, mi={"lambda_mi": lam}).recipe
             for seed, lam in members]
 
 
@@ -185,8 +185,14 @@ def test_one_adam_over_stacked_parameters_is_each_members_fused_adam():
         assert all(torch.equal(back["state"][0][k], state["state"][0][k]) for k in state["state"][0])
 
 
-def test_checkpoints_resume_alone_and_as_a_bundle(mnist, float64, tmp_path):
-    group = recipes(members=[(0, 5.0), (0, 0.0), (3, 5.0)])
+@pytest.mark.parametrize("sections", [
+    {},
+    # saved at the end of pretraining: the epoch after it starts each member's mixture at its k-means centres
+    {"model": {"prior": "mixture", "prior_spread": 0.0}, "mi": {"gaussian": []},
+     "train": {"epochs": 3, "pretrain_epochs": 1}},
+])
+def test_checkpoints_resume_alone_and_as_a_bundle(mnist, float64, tmp_path, sections):
+    group = recipes(members=[(0, 5.0), (0, 0.0), (3, 5.0)], base=raw_study(MNIST_TINY, **sections))
     bundle = Bundle.fresh(group, mnist)
     bundle.train_epoch()
     paths = []
