@@ -224,15 +224,19 @@ class Trainer:
         pretrain = self.recipe.train.pretrain_epochs
         return bool(pretrain) and self.epoch == pretrain and self.vae.prior_means is not None
 
-    def start_prior(self) -> None:
-        """VaDE's start from a pretrained model: mu_c := the k-means centres of the training split's z means,
-        drawn from the trial's seed, so that a twin (the same pretraining) starts from the same centres; learned
-        variances start at each cluster's spread (its posteriors' moment-matched variance)."""
+    def start_centres(self) -> tuple[DiagonalGaussian, torch.Tensor]:
+        """The training split's z posteriors (on the CPU) and the k-means centres of their means, drawn from the
+        trial's seed, so that a twin (the same pretraining) starts from the same centres."""
         with inference(self.vae):
             z = split_posterior(lambda x: self.vae.encode(self.images(x)), self.data.train_images).gaussian
         z = DiagonalGaussian(z.mean.float().cpu(), z.log_var.float().cpu())
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        centres = kmeans(z.mean, self.vae.k, generator)
+        return z, kmeans(z.mean, self.vae.k, generator)
+
+    def start_prior(self) -> None:
+        """VaDE's start from a pretrained model: mu_c := the k-means centres of `start_centres`; learned
+        variances start at each cluster's spread (its posteriors' moment-matched variance)."""
+        z, centres = self.start_centres()
         with torch.no_grad():
             self.vae.prior_means.copy_(centres)
             if self.vae.prior_log_var is not None:
